@@ -1,0 +1,100 @@
+"""Connection, pool and retry settings, with production defaults.
+
+Every field can be overridden from the environment as ``EVENTSTORE_<FIELD>``
+(``EVENTSTORE_POOL_MAX_SIZE=20``); durations are seconds.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import msgspec
+
+from .errors import ValidationError
+
+__all__ = ["Settings"]
+
+ENV_PREFIX = "EVENTSTORE_"
+
+
+class Settings(msgspec.Struct, frozen=True, kw_only=True):
+    """How the store talks to PostgreSQL. See docs/settings.md."""
+
+    #: Connections kept open even when idle.
+    pool_min_size: int = 2
+    #: Hard cap on connections (one per concurrent append or read).
+    pool_max_size: int = 10
+    #: How long a caller waits for a free connection before PoolTimeout.
+    acquire_timeout: float = 10.0
+    #: Connections are replaced after this long (jittered by the pool).
+    max_lifetime: float = 3600.0
+    #: Idle connections above ``pool_min_size`` are closed after this long.
+    max_idle: float = 600.0
+    #: TCP connect timeout for each new connection.
+    connect_timeout: float = 5.0
+    #: Server-side cap on one statement (0 disables). Appends are one statement.
+    statement_timeout: float = 30.0
+    #: A session idle inside a transaction is killed after this long, so it
+    #: cannot pin the global readers' horizon (DESIGN.md §4, "Stalls").
+    idle_in_transaction_session_timeout: float = 60.0
+    #: Shown in pg_stat_activity.
+    application_name: str = "eventstore"
+    #: Attempts for one unit of work on transient failures (1 = no retry).
+    retry_attempts: int = 5
+    #: Total time budget for those attempts, backoff included.
+    retry_timeout: float = 30.0
+    #: Largest encoded ``data`` + ``metadata`` of one event, in bytes.
+    max_event_bytes: int = 1_048_576
+    #: Most events in one append.
+    max_batch_events: int = 10_000
+
+    def __post_init__(self) -> None:
+        checks: list[tuple[str, bool]] = [
+            ("pool_min_size", self.pool_min_size >= 0),
+            ("pool_max_size", self.pool_max_size >= max(1, self.pool_min_size)),
+            ("acquire_timeout", self.acquire_timeout > 0),
+            ("max_lifetime", self.max_lifetime > 0),
+            ("max_idle", self.max_idle > 0),
+            ("connect_timeout", self.connect_timeout > 0),
+            ("statement_timeout", self.statement_timeout >= 0),
+            ("idle_in_transaction_session_timeout", self.idle_in_transaction_session_timeout >= 0),
+            ("retry_attempts", self.retry_attempts >= 1),
+            ("retry_timeout", self.retry_timeout > 0),
+            ("max_event_bytes", self.max_event_bytes > 0),
+            ("max_batch_events", self.max_batch_events > 0),
+        ]
+        for name, ok in checks:
+            if not ok:
+                raise ValidationError(
+                    f"invalid setting {name}={getattr(self, name)!r}",
+                    field=name,
+                    operation="settings",
+                )
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Defaults, then ``EVENTSTORE_*`` variables, then ``overrides``."""
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for name in cls.__struct_fields__:
+            raw = env.get(ENV_PREFIX + name.upper())
+            if raw is not None and raw != "":
+                values[name] = raw
+        values.update(overrides)
+        try:
+            return msgspec.convert(values, cls, strict=False)
+        except msgspec.ValidationError as exc:
+            field = str(exc).rpartition("$.")[2] or None
+            raise ValidationError(
+                f"invalid setting: {exc}", field=field, operation="settings"
+            ) from exc
+
+    def connection_options(self) -> str:
+        """libpq ``options``: server settings applied at connect, no round trip."""
+        ms = lambda s: int(s * 1000)  # noqa: E731
+        return (
+            f"-c statement_timeout={ms(self.statement_timeout)} "
+            f"-c idle_in_transaction_session_timeout={ms(self.idle_in_transaction_session_timeout)}"
+        )

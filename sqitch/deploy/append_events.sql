@@ -1,0 +1,157 @@
+-- Deploy utcp:append_events to pg
+-- requires: stored_events, idempotency_keys
+BEGIN;
+
+-- The canonical bytes of one event that its hash covers. Every field that
+-- says what happened is in it, in a form that does not depend on session
+-- settings (timestamps as epoch microseconds, jsonb in its normalised text).
+-- Fields are joined with U+001F, which none of them can contain unescaped:
+-- stream ids and types are validated, jsonb text escapes control characters.
+CREATE FUNCTION utcp.event_content(
+    event_id uuid, stream_id text, stream_version bigint, type text, data jsonb,
+    metadata jsonb, symbol text, occurred_at timestamptz, created_at timestamptz)
+RETURNS bytea LANGUAGE sql STABLE PARALLEL SAFE AS $$
+    SELECT convert_to(concat_ws(E'\x1f',
+        event_id::text, stream_id, stream_version::text, type, data::text,
+        coalesce(metadata::text, ''), coalesce(symbol, ''),
+        extract(epoch FROM occurred_at)::text, extract(epoch FROM created_at)::text), 'UTF8')
+$$;
+
+-- hash(n) = sha256(hash(n-1) || content(n)); hash(0) is empty.
+CREATE FUNCTION utcp.hash_chain_step(state bytea, head bytea, content bytea)
+RETURNS bytea LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT sha256(coalesce(state, head, '\x'::bytea) || content)
+$$;
+-- Running hash over a batch, seeded with the stream's head hash:
+--   hash_chain(head, content) OVER (ORDER BY version)
+CREATE AGGREGATE utcp.hash_chain(bytea, bytea) (
+    SFUNC = utcp.hash_chain_step, STYPE = bytea);
+
+-- The one way to write the log. Writers get EXECUTE on this and nothing
+-- else, so no writer can skip the version check or the hash chain.
+--
+-- p_expected: NULL any version, -1 the stream must exist, n >= 0 the
+-- stream must be at version n now (0: must not exist).
+-- p_events: a JSON array of {id, type, data, metadata, symbol, occurred_at}.
+--
+-- outcome 'w': written now. 'k': the key was used before; the row carries
+-- that earlier result and fingerprint, nothing was written.
+-- Errors: UT001 wrong expected version (DETAIL: the actual version),
+-- UT002 log order hazard, 23505 on stored_events_pkey when a concurrent
+-- writer took the version first.
+CREATE FUNCTION utcp.append_events(
+    p_stream_id text, p_expected bigint, p_key text, p_fingerprint bytea, p_events jsonb)
+RETURNS TABLE (outcome "char", stream_id text, first_version bigint, last_version bigint,
+               positions bigint[], first_event_id uuid, fingerprint bytea)
+LANGUAGE plpgsql SECURITY DEFINER
+-- Names below are schema-qualified and pg_catalog is searched first, so a
+-- caller's search_path cannot redirect anything.
+AS $$
+DECLARE
+    v_count   int := jsonb_array_length(p_events);
+    v_now     timestamptz := now();
+    v_version bigint;
+    v_head    bytea;
+    v_head_tx xid8;
+BEGIN
+    IF v_count = 0 THEN
+        RAISE EXCEPTION 'an append needs at least one event' USING ERRCODE = 'UT004';
+    END IF;
+
+    -- A key used before: return that result, write nothing.
+    IF p_key IS NOT NULL THEN
+        RETURN QUERY SELECT * FROM utcp.idempotent_result(p_key);
+        IF FOUND THEN RETURN; END IF;
+    END IF;
+
+    SELECT e.stream_version, e.hash, e.tx_id INTO v_version, v_head, v_head_tx
+      FROM utcp.stored_events e
+     WHERE e.stream_id = p_stream_id
+     ORDER BY e.stream_version DESC LIMIT 1;
+    v_version := coalesce(v_version, 0);
+
+    -- A committed transaction always has an id below our snapshot's xmax.
+    -- One at or above it means the cluster's counter went backwards (a
+    -- logical restore): new events would sort before old ones.
+    IF v_head_tx >= pg_snapshot_xmax(pg_current_snapshot()) THEN
+        RAISE EXCEPTION 'stream % holds transaction ids ahead of this cluster''s', p_stream_id
+            USING ERRCODE = 'UT002',
+                  HINT = 'The log was restored logically into a new cluster: see docs/runbook.md, "Restores".';
+    END IF;
+
+    IF p_expected IS NOT NULL
+       AND ((p_expected = -1 AND v_version = 0) OR (p_expected >= 0 AND p_expected <> v_version)) THEN
+        -- The stream may have moved because this very key was just written
+        -- by a concurrent call: that is a duplicate, not a conflict.
+        IF p_key IS NOT NULL THEN
+            RETURN QUERY SELECT * FROM utcp.idempotent_result(p_key);
+            IF FOUND THEN RETURN; END IF;
+        END IF;
+        RAISE EXCEPTION 'stream % is at version %', p_stream_id, v_version
+            USING ERRCODE = 'UT001', DETAIL = v_version::text;
+    END IF;
+
+    IF p_key IS NOT NULL THEN
+        -- Claim the key before writing events: a concurrent call with the
+        -- same key waits here, then sees ours.
+        INSERT INTO utcp.idempotency_keys AS k
+               (key, fingerprint, stream_id, first_version, last_version, first_event_id)
+        VALUES (p_key, p_fingerprint, p_stream_id, v_version + 1, v_version + v_count,
+                (p_events -> 0 ->> 'id')::uuid)
+        ON CONFLICT (key) DO NOTHING;
+        IF NOT FOUND THEN
+            RETURN QUERY SELECT * FROM utcp.idempotent_result(p_key);
+            RETURN;
+        END IF;
+    END IF;
+
+    RETURN QUERY
+    WITH batch AS (
+        SELECT x.id, x.type, x.data, x.metadata, x.symbol,
+               coalesce(x.occurred_at, v_now) AS occurred_at,
+               v_version + x.ord AS version, x.ord
+          FROM ROWS FROM (jsonb_to_recordset(p_events) AS (
+                   id uuid, type text, data jsonb, metadata jsonb, symbol text,
+                   occurred_at timestamptz))
+               WITH ORDINALITY AS x(id, type, data, metadata, symbol, occurred_at, ord)
+    ), chained AS (
+        SELECT b.*, utcp.hash_chain(v_head, utcp.event_content(
+                   b.id, p_stream_id, b.version, b.type, b.data, b.metadata, b.symbol,
+                   b.occurred_at, v_now)) OVER (ORDER BY b.ord) AS hash
+          FROM batch b
+    ), written AS (
+        INSERT INTO utcp.stored_events
+               (event_id, stream_id, stream_version, type, data, metadata, symbol,
+                occurred_at, created_at, prev_hash, hash)
+        SELECT c.id, p_stream_id, c.version, c.type, c.data, c.metadata, c.symbol,
+               c.occurred_at, v_now, coalesce(lag(c.hash) OVER (ORDER BY c.ord), v_head), c.hash
+          FROM chained c
+        RETURNING utcp.stored_events.position, utcp.stored_events.stream_version
+    )
+    SELECT 'w'::"char", p_stream_id, v_version + 1, v_version + v_count,
+           array_agg(w.position ORDER BY w.stream_version),
+           (p_events -> 0 ->> 'id')::uuid, p_fingerprint
+      FROM written w;
+END $$;
+
+-- The stored result of an idempotency key (no row when the key is unused).
+CREATE FUNCTION utcp.idempotent_result(p_key text)
+RETURNS TABLE (outcome "char", stream_id text, first_version bigint, last_version bigint,
+               positions bigint[], first_event_id uuid, fingerprint bytea)
+LANGUAGE sql STABLE AS $$
+    SELECT 'k'::"char", k.stream_id, k.first_version, k.last_version,
+           (SELECT array_agg(e.position ORDER BY e.stream_version)
+              FROM utcp.stored_events e
+             WHERE e.stream_id = k.stream_id
+               AND e.stream_version BETWEEN k.first_version AND k.last_version),
+           k.first_event_id, k.fingerprint
+      FROM utcp.idempotency_keys k
+     WHERE k.key = p_key
+$$;
+
+REVOKE ALL ON FUNCTION utcp.append_events(text, bigint, text, bytea, jsonb) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION utcp.append_events(text, bigint, text, bytea, jsonb) TO utcp_writer;
+GRANT EXECUTE ON FUNCTION utcp.event_content(uuid, text, bigint, text, jsonb, jsonb, text, timestamptz, timestamptz)
+    TO utcp_reader, utcp_writer, utcp_projector;
+
+COMMIT;

@@ -1,0 +1,4 @@
+-- Revert utcp:idempotency_keys from pg
+BEGIN;
+DROP TABLE utcp.idempotency_keys;
+COMMIT;

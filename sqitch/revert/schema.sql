@@ -1,0 +1,4 @@
+-- Revert utcp:schema from pg
+BEGIN;
+DROP SCHEMA utcp;
+COMMIT;

@@ -1,0 +1,2 @@
+-- Verify utcp:schema on pg
+SELECT 1 / count(*) FROM pg_namespace WHERE nspname = 'utcp';
