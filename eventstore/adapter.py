@@ -1,0 +1,128 @@
+"""The trading assistant's storage adapter: trades and audit events in, and
+queries over them, on top of the event store's public API."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Final, TypeVar
+
+import msgspec
+
+from .errors import ValidationError
+from .events import AppendResult, NewEvent
+from .schemas import TRADE_EXECUTED, AuditEvent, Trade
+from .store import EventStore
+
+__all__ = ["StorageAdapter"]
+
+PORTFOLIO_CATEGORY: Final = "portfolio"
+AUDIT_CATEGORY: Final = "audit"
+DEFAULT_LIMIT: Final = 1000
+
+S = TypeVar("S", bound=msgspec.Struct)
+
+
+def portfolio_stream(portfolio_id: str) -> str:
+    return f"{PORTFOLIO_CATEGORY}-{portfolio_id}"
+
+
+def audit_stream(symbol: str) -> str:
+    return f"{AUDIT_CATEGORY}-{symbol}"
+
+
+def _check_time(value: dt.datetime | None, field: str, operation: str) -> None:
+    if value is None:
+        return
+    if not isinstance(value, dt.datetime) or value.tzinfo is None:
+        raise ValidationError(
+            f"{field} must be a timezone-aware datetime", field=field, operation=operation
+        )
+
+
+def _validated(obj: S, cls: type[S], operation: str) -> S:
+    """Structs built in code skip Meta constraints: check them like decoded input."""
+    if not isinstance(obj, cls):
+        raise ValidationError(
+            f"expected a {cls.__name__}, got {type(obj).__name__}",
+            field=cls.__name__.lower(),
+            operation=operation,
+        )
+    try:
+        return msgspec.convert(msgspec.to_builtins(obj), cls, strict=False)
+    except msgspec.ValidationError as exc:
+        raise ValidationError(str(exc), field=cls.__name__.lower(), operation=operation) from exc
+
+
+class StorageAdapter:
+    """Saves trades and audit events as events, idempotently, and lists them.
+
+    * a trade is a ``TradeExecuted`` event in ``portfolio-<portfolio_id>``,
+      keyed ``trade:<trade_id>`` unless the caller gives a key;
+    * an audit event is an event of its own ``type`` in ``audit-<symbol>``,
+      keyed ``audit:<id>`` unless the caller gives a key.
+    """
+
+    def __init__(self, store: EventStore) -> None:
+        self.store = store
+
+    def save_trade(self, trade: Trade, *, idempotency_key: str | None = None) -> AppendResult:
+        trade = _validated(trade, Trade, "save_trade")
+        key = idempotency_key if idempotency_key is not None else f"trade:{trade.trade_id}"
+        return self.store.append(
+            portfolio_stream(trade.portfolio_id),
+            [NewEvent(TRADE_EXECUTED, trade)],
+            idempotency_key=key,
+        )
+
+    def save_audit_event(
+        self, event: AuditEvent, *, idempotency_key: str | None = None
+    ) -> AppendResult:
+        event = _validated(event, AuditEvent, "save_audit_event")
+        key = idempotency_key if idempotency_key is not None else f"audit:{event.id}"
+        return self.store.append(
+            audit_stream(event.symbol), [NewEvent(event.type, event)], idempotency_key=key
+        )
+
+    def list_trades(
+        self,
+        symbol: str | None = None,
+        portfolio_id: str | None = None,
+        since: dt.datetime | None = None,
+        until: dt.datetime | None = None,
+        limit: int = DEFAULT_LIMIT,
+    ) -> list[Trade]:
+        """Trades by symbol and/or portfolio, ``since <= executed_at < until``,
+        in execution order."""
+        _check_time(since, "since", "list_trades")
+        _check_time(until, "until", "list_trades")
+        events = self.store.find_events(
+            type=TRADE_EXECUTED,
+            symbol=symbol,
+            stream_id=None if portfolio_id is None else portfolio_stream(portfolio_id),
+            since=since,
+            until=until,
+            limit=limit,
+        )
+        return [msgspec.convert(e.data, Trade, strict=False) for e in events]
+
+    def list_audit_events(
+        self,
+        symbol: str | None = None,
+        type: str | None = None,
+        since: dt.datetime | None = None,
+        until: dt.datetime | None = None,
+        limit: int = DEFAULT_LIMIT,
+    ) -> list[AuditEvent]:
+        """Audit events by symbol and/or type, ``since <= occurred_at < until``,
+        in the order they occurred."""
+        _check_time(since, "since", "list_audit_events")
+        _check_time(until, "until", "list_audit_events")
+        events = self.store.find_events(
+            category=AUDIT_CATEGORY,
+            type=type,
+            symbol=symbol,
+            since=since,
+            until=until,
+            limit=limit,
+        )
+        return [msgspec.convert(e.data, AuditEvent, strict=False) for e in events]

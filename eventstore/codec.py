@@ -1,0 +1,274 @@
+"""Validation and encoding of appends, before anything touches the database.
+
+Everything invariant 7 of DESIGN.md refuses is refused here, with a
+:class:`ValidationError` that names the field, so a bad batch writes nothing.
+The batch is encoded once, by msgspec, into the JSON array that
+``utcp.append_events()`` takes as its one jsonb parameter.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import math
+import re
+import uuid
+from collections.abc import Mapping, Sequence
+from decimal import Decimal
+from typing import Any, Final
+
+import msgspec
+
+from .errors import ValidationError
+from .events import EventRegistry, NewEvent, uuid7
+
+__all__ = ["PreparedAppend", "check_stream_id", "encoder", "prepare_append"]
+
+#: Sorted keys: the same mapping always encodes to the same bytes, which the
+#: idempotency fingerprint relies on. Decimals travel as strings, exactly.
+encoder: Final = msgspec.json.Encoder(decimal_format="string", order="sorted")
+
+TYPE_NAME: Final = re.compile(r"[A-Za-z][A-Za-z0-9_.:\-]{0,127}")
+MAX_ID_LENGTH: Final = 200
+_CONTROL: Final = re.compile(r"[\x00-\x1f\x7f]")
+
+
+class _WireEvent(msgspec.Struct, omit_defaults=True):
+    id: str
+    type: str
+    data: msgspec.Raw
+    metadata: msgspec.Raw | None = None
+    symbol: str | None = None
+    occurred_at: str | None = None
+
+
+class PreparedAppend(msgspec.Struct, frozen=True):
+    """A validated, encoded batch, ready for one call of utcp.append_events()."""
+
+    payload: bytes  # JSON array for p_events
+    event_ids: tuple[uuid.UUID, ...]
+    fingerprint: bytes | None  # only when an idempotency key is given
+
+
+def _fail(message: str, field: str, **ctx: Any) -> ValidationError:
+    return ValidationError(message, field=field, operation="append", **ctx)
+
+
+def check_identifier(value: object, field: str, *, what: str, **ctx: Any) -> str:
+    """Non-empty text, at most 200 characters, no control characters."""
+    if not isinstance(value, str):
+        raise _fail(f"{what} must be a string, got {type(value).__name__}", field, **ctx)
+    if not value or not value.strip():
+        raise _fail(f"{what} must not be empty", field, **ctx)
+    if len(value) > MAX_ID_LENGTH:
+        raise _fail(f"{what} is longer than {MAX_ID_LENGTH} characters", field, **ctx)
+    if _CONTROL.search(value):
+        raise _fail(f"{what} must not contain control characters (NUL included)", field, **ctx)
+    return value
+
+
+def check_stream_id(stream_id: object) -> str:
+    return check_identifier(stream_id, "stream_id", what="stream id", stream_id=None)
+
+
+def _check_value(value: Any, path: str, ctx: dict[str, Any]) -> None:
+    """Refuse what JSON or PostgreSQL cannot hold faithfully: NaN and
+    infinities (msgspec would write null), NUL characters (jsonb refuses
+    them), non-string keys."""
+    stack: list[tuple[Any, str]] = [(value, path)]
+    while stack:
+        item, where = stack.pop()
+        if isinstance(item, str):
+            if "\x00" in item:
+                raise _fail(f"NUL character in {where}", where, **ctx)
+        elif isinstance(item, bool | int | None):
+            continue
+        elif isinstance(item, float):
+            if not math.isfinite(item):
+                raise _fail(f"{where} is {item!r}: only finite numbers are allowed", where, **ctx)
+        elif isinstance(item, Decimal):
+            if not item.is_finite():
+                raise _fail(f"{where} is {item}: only finite numbers are allowed", where, **ctx)
+        elif isinstance(item, Mapping):
+            for key, sub in item.items():
+                if not isinstance(key, str):
+                    raise _fail(f"{where} has a non-string key {key!r}", where, **ctx)
+                if "\x00" in key:
+                    raise _fail(f"NUL character in a key of {where}", where, **ctx)
+                stack.append((sub, f"{where}.{key}"))
+        elif isinstance(item, list | tuple):
+            stack.extend((sub, f"{where}[{i}]") for i, sub in enumerate(item))
+        elif isinstance(item, msgspec.Struct):
+            for name in item.__struct_fields__:
+                stack.append((getattr(item, name), f"{where}.{name}"))
+        elif isinstance(item, dt.datetime | dt.date | dt.time | uuid.UUID | bytes):
+            continue
+        else:
+            try:
+                encoder.encode(item)
+            except (TypeError, msgspec.EncodeError) as exc:
+                raise _fail(f"{where}: {exc}", where, **ctx) from exc
+
+
+def _error_path(exc: msgspec.ValidationError) -> str:
+    """'.quantity' from "... - at `$.quantity`" or from "`quantity` must be …"."""
+    text = str(exc)
+    if " - at `$" in text:
+        return text.rpartition(" - at `$")[2].rstrip("`")
+    match = re.match(r"`(\w+)`", text)
+    return f".{match.group(1)}" if match else ""
+
+
+def _as_time(value: Any, where: str, ctx: dict[str, Any]) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        try:
+            value = dt.datetime.fromisoformat(value)
+        except ValueError as exc:
+            raise _fail(f"{where} is not an ISO 8601 timestamp", where, **ctx) from exc
+    if not isinstance(value, dt.datetime):
+        raise _fail(f"{where} must be a timestamp", where, **ctx)
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise _fail(f"{where} must be timezone-aware", where, **ctx)
+    return value.isoformat()
+
+
+def _payload(
+    event: NewEvent, registry: EventRegistry, where: str, ctx: dict[str, Any]
+) -> tuple[Any, str | None, str | None]:
+    """Validate one payload: (what to encode, symbol, business time)."""
+    data = event.data
+    schema = registry.get(event.type)
+    if schema is not None:
+        if isinstance(data, msgspec.Struct) and type(data) is not schema.struct:
+            raise _fail(
+                f"event type {event.type} takes {schema.struct.__name__}, "
+                f"got {type(data).__name__}",
+                f"{where}.data",
+                **ctx,
+            )
+        if not isinstance(data, msgspec.Struct | Mapping):
+            raise _fail("data must be a mapping or a msgspec Struct", f"{where}.data", **ctx)
+        try:
+            # Struct constructors do not check Meta constraints: a Struct is
+            # validated through to_builtins → convert, like a mapping is.
+            raw = msgspec.to_builtins(data) if isinstance(data, msgspec.Struct) else dict(data)
+            data = msgspec.convert(raw, schema.struct, strict=False)
+        except msgspec.ValidationError as exc:
+            raise _fail(
+                f"{event.type} payload does not match its schema: {exc}",
+                f"{where}.data{_error_path(exc)}",
+                **ctx,
+            ) from exc
+        symbol = getattr(data, schema.symbol_field) if schema.symbol_field else None
+        when = getattr(data, schema.time_field) if schema.time_field else None
+    elif isinstance(data, msgspec.Struct):
+        owner = registry.for_struct(type(data))
+        if owner is not None:
+            raise _fail(
+                f"{type(data).__name__} is the payload of {owner.name}, not {event.type}",
+                f"{where}.type",
+                **ctx,
+            )
+        symbol = getattr(data, "symbol", None)
+        when = getattr(data, "occurred_at", None)
+    elif isinstance(data, Mapping):
+        symbol = data.get("symbol")
+        when = data.get("occurred_at")
+    else:
+        raise _fail("data must be a mapping or a msgspec Struct", f"{where}.data", **ctx)
+    if symbol is not None:
+        symbol = check_identifier(symbol, f"{where}.data.symbol", what="symbol", **ctx)
+    return data, symbol, _as_time(when, f"{where}.data.occurred_at", ctx)
+
+
+def prepare_append(
+    stream_id: str,
+    events: Sequence[NewEvent],
+    *,
+    registry: EventRegistry,
+    idempotency_key: str | None,
+    max_event_bytes: int,
+    max_batch_events: int,
+) -> PreparedAppend:
+    """Validate and encode a whole batch; raise before anything is written."""
+    ctx: dict[str, Any] = {"stream_id": stream_id, "idempotency_key": idempotency_key}
+    check_identifier(stream_id, "stream_id", what="stream id", **ctx)
+    if idempotency_key is not None:
+        check_identifier(idempotency_key, "idempotency_key", what="idempotency key", **ctx)
+    if isinstance(events, NewEvent) or not isinstance(events, Sequence):
+        raise _fail("events must be a sequence of NewEvent", "events", **ctx)
+    if not events:
+        raise _fail("an append needs at least one event", "events", **ctx)
+    if len(events) > max_batch_events:
+        raise _fail(
+            f"{len(events)} events in one append; the limit is {max_batch_events}", "events", **ctx
+        )
+
+    wire: list[_WireEvent] = []
+    ids: list[uuid.UUID] = []
+    digest = hashlib.sha256(stream_id.encode()) if idempotency_key is not None else None
+    seen: set[uuid.UUID] = set()
+    for i, event in enumerate(events):
+        where = f"events[{i}]"
+        if not isinstance(event, NewEvent):
+            raise _fail("each event must be a NewEvent", where, **ctx)
+        if not isinstance(event.type, str) or not TYPE_NAME.fullmatch(event.type):
+            raise _fail(
+                f"malformed event type {event.type!r}: a letter, then up to 127 letters, "
+                "digits or _ . : -",
+                f"{where}.type",
+                **ctx,
+            )
+        data, symbol, when = _payload(event, registry, where, ctx)
+        _check_value(data, f"{where}.data", ctx)
+        if event.metadata is not None:
+            if not isinstance(event.metadata, Mapping):
+                raise _fail("metadata must be a mapping", f"{where}.metadata", **ctx)
+            _check_value(event.metadata, f"{where}.metadata", ctx)
+        try:
+            data_json = encoder.encode(data)
+            meta_json = None if event.metadata is None else encoder.encode(event.metadata)
+        except (TypeError, msgspec.EncodeError) as exc:
+            raise _fail(f"cannot encode as JSON: {exc}", f"{where}.data", **ctx) from exc
+        if not data_json.startswith(b"{"):
+            raise _fail("data must encode to a JSON object", f"{where}.data", **ctx)
+        size = len(data_json) + (len(meta_json) if meta_json else 0)
+        if size > max_event_bytes:
+            raise _fail(
+                f"event is {size} bytes encoded; the limit is {max_event_bytes}",
+                f"{where}.data",
+                **ctx,
+            )
+        if event.event_id is None:
+            event_id = uuid7()
+        elif isinstance(event.event_id, uuid.UUID):
+            event_id = event.event_id
+        else:
+            raise _fail("event_id must be a UUID", f"{where}.event_id", **ctx)
+        if event_id in seen:
+            raise _fail(f"event id {event_id} appears twice in the batch", f"{where}.event_id", **ctx)
+        seen.add(event_id)
+        ids.append(event_id)
+        wire.append(
+            _WireEvent(
+                id=str(event_id),
+                type=event.type,
+                data=msgspec.Raw(data_json),
+                metadata=None if meta_json is None else msgspec.Raw(meta_json),
+                symbol=symbol,
+                occurred_at=when,
+            )
+        )
+        if digest is not None:
+            # The request, not its accidents: caller-given event ids count,
+            # generated ones don't (a caller's retry generates new ones).
+            digest.update(b"\x1e" + event.type.encode() + b"\x1f" + data_json + b"\x1f")
+            digest.update((meta_json or b"") + b"\x1f")
+            digest.update(str(event.event_id or "").encode())
+    return PreparedAppend(
+        payload=encoder.encode(wire),
+        event_ids=tuple(ids),
+        fingerprint=None if digest is None else digest.digest(),
+    )

@@ -1,0 +1,98 @@
+"""Payload schemas of the trading assistant's events.
+
+Each is a frozen msgspec Struct, registered in the default registry under a
+stable type name, so the store validates every payload of that type.
+Schema evolution: add fields with defaults; never change a field's type; a
+breaking change gets a new type name and an upcaster.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from decimal import Decimal
+from typing import Annotated, Any, Literal
+
+import msgspec
+
+from .events import default_registry
+
+__all__ = ["AuditEvent", "Trade"]
+
+#: Non-empty, no control characters (NUL included), at most 200 characters.
+Id = Annotated[str, msgspec.Meta(min_length=1, max_length=200, pattern=r"^[^\x00-\x1f\x7f]+$")]
+#: A ticker: letters, digits and . / : - (BRK.B, BTC-USD, ES:CME).
+Symbol = Annotated[
+    str, msgspec.Meta(min_length=1, max_length=32, pattern=r"^[A-Za-z0-9][A-Za-z0-9./:\-]*$")
+]
+#: An event type name, as the store accepts it.
+TypeName = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z][A-Za-z0-9_.:\-]{0,127}$")]
+Timestamp = Annotated[dt.datetime, msgspec.Meta(tz=True)]
+
+_ID_PATTERN = re.compile(r"[^\x00-\x1f\x7f]{1,200}")
+
+
+def _finite(name: str, value: Decimal) -> None:
+    if not isinstance(value, Decimal) or not value.is_finite():
+        raise ValueError(f"`{name}` must be a finite decimal, got {value!r}")
+
+
+def _check_id(name: str, value: str) -> None:
+    # Meta constraints are checked on decode, not on construction: a Struct
+    # built in code is checked here too.
+    if not isinstance(value, str) or not _ID_PATTERN.fullmatch(value) or not value.strip():
+        raise ValueError(f"`{name}` must be non-empty text without control characters")
+
+
+class Trade(msgspec.Struct, frozen=True, kw_only=True):
+    """An executed trade (stored as a ``TradeExecuted`` event)."""
+
+    trade_id: Id
+    portfolio_id: Id
+    symbol: Symbol
+    side: Literal["buy", "sell"]
+    quantity: Decimal
+    price: Decimal
+    executed_at: Timestamp
+    fees: Decimal = Decimal(0)
+    order_id: Id | None = None
+
+    def __post_init__(self) -> None:
+        _check_id("trade_id", self.trade_id)
+        _check_id("portfolio_id", self.portfolio_id)
+        _check_id("symbol", self.symbol)
+        for name in ("quantity", "price", "fees"):
+            _finite(name, getattr(self, name))
+        if self.quantity <= 0:
+            raise ValueError(f"`quantity` must be > 0, got {self.quantity}")
+        if self.price < 0:
+            raise ValueError(f"`price` must be >= 0, got {self.price}")
+        if self.fees < 0:
+            raise ValueError(f"`fees` must be >= 0, got {self.fees}")
+        if self.executed_at.tzinfo is None:
+            raise ValueError("`executed_at` must be timezone-aware")
+
+
+class AuditEvent(msgspec.Struct, frozen=True, kw_only=True):
+    """Something the assistant did or decided: a signal, an order, a decision.
+
+    Stored with ``type`` as its event type, in the stream ``audit-<symbol>``.
+    """
+
+    id: Id
+    type: TypeName
+    symbol: Symbol
+    actor: Id
+    occurred_at: Timestamp
+    details: dict[str, Any] = msgspec.field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        _check_id("id", self.id)
+        _check_id("symbol", self.symbol)
+        _check_id("actor", self.actor)
+        if self.occurred_at.tzinfo is None:
+            raise ValueError("`occurred_at` must be timezone-aware")
+
+
+TRADE_EXECUTED = "TradeExecuted"
+default_registry.register(TRADE_EXECUTED, Trade, time_field="executed_at")

@@ -1,0 +1,140 @@
+"""Every SQL statement the store sends, in one place, all parameterised.
+
+The write path is one statement: ``utcp.append_events()`` (sqitch/deploy/
+append_events.sql) does the version check, the idempotency key, the hash
+chain and the insert in one round trip.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+from psycopg import sql
+
+APPEND: Final = "SELECT * FROM utcp.append_events(%s, %s, %s, %s, %s)"
+
+# Columns in StoredEvent's field order; checkpoint is "<tx_id>/<position>".
+EVENT_COLUMNS: Final = """
+    position, tx_id::text || '/' || position::text, event_id, stream_id, stream_version,
+    type, data, metadata, symbol, occurred_at, created_at, prev_hash, hash"""
+
+READ_STREAM: Final = f"""
+SELECT {EVENT_COLUMNS}
+  FROM utcp.stored_events
+ WHERE stream_id = %s AND stream_version >= %s
+ ORDER BY stream_version
+ LIMIT %s"""
+
+STREAM_VERSION: Final = """
+SELECT coalesce(max(stream_version), 0) FROM utcp.stored_events WHERE stream_id = %s"""
+
+# DESIGN.md §4: page in (tx_id, position) order, and only through rows whose
+# transaction is older than every transaction still running, so no row can
+# later appear behind a reader's checkpoint.
+_READ_ALL: Final = f"""
+SELECT {EVENT_COLUMNS}
+  FROM utcp.stored_events
+ WHERE (tx_id, position) > (%s::xid8, %s)
+   AND tx_id < pg_snapshot_xmin(pg_current_snapshot())
+   {{types}}
+ ORDER BY tx_id, position
+ LIMIT %s"""
+READ_ALL: Final = _READ_ALL.format(types="")
+READ_ALL_TYPES: Final = _READ_ALL.format(types="AND type = ANY(%s)")
+
+EVENTS_BY_ID: Final = """
+SELECT stream_id, stream_version, position, event_id
+  FROM utcp.stored_events
+ WHERE event_id = ANY(%s)
+ ORDER BY stream_version"""
+
+
+def find_events(
+    *,
+    type: bool,
+    symbol: bool,
+    category: bool,
+    stream_id: bool,
+    since: bool,
+    until: bool,
+) -> sql.Composed:
+    """The query behind the adapter's lists: filters on the indexed columns
+    (type, symbol, category, stream) and business time, in time order.
+    Only the filters in use are in the SQL, so the planner sees plain
+    equalities and ranges and picks the matching index."""
+    wheres: list[sql.Composable] = []
+    for used, clause in (
+        (type, "type = %(type)s"),
+        (symbol, "symbol = %(symbol)s"),
+        (category, "category = %(category)s"),
+        (stream_id, "stream_id = %(stream_id)s"),
+        (since, "occurred_at >= %(since)s"),
+        (until, "occurred_at < %(until)s"),
+    ):
+        if used:
+            wheres.append(sql.SQL(clause))
+    where = sql.SQL(" AND ").join(wheres) if wheres else sql.SQL("true")
+    return sql.SQL(
+        "SELECT {cols} FROM utcp.stored_events WHERE {where} "
+        "ORDER BY occurred_at, position LIMIT %(limit)s"
+    ).format(cols=sql.SQL(EVENT_COLUMNS), where=where)
+
+
+# Schema present and deployed far enough for this code.
+SCHEMA_CHECK: Final = """
+SELECT to_regclass('utcp.stored_events') IS NOT NULL,
+       to_regclass('utcp.idempotency_keys') IS NOT NULL,
+       to_regprocedure('utcp.append_events(text, bigint, text, bytea, jsonb)') IS NOT NULL"""
+
+# A logical restore into a new cluster leaves stored transaction ids ahead
+# of the cluster's counter (DESIGN.md §4, "Restores").
+XID_HAZARD: Final = """
+SELECT max(tx_id)::text, pg_snapshot_xmax(pg_current_snapshot())::text,
+       max(tx_id) >= pg_snapshot_xmax(pg_current_snapshot())
+  FROM utcp.stored_events"""
+
+STATUS: Final = """
+SELECT (SELECT count(*) FROM utcp.stored_events),
+       (SELECT max(position) FROM utcp.stored_events),
+       (SELECT count(DISTINCT stream_id) FROM utcp.stored_events),
+       (SELECT max(created_at) FROM utcp.stored_events),
+       (SELECT extract(epoch FROM now() - min(xact_start))::float8
+          FROM pg_stat_activity
+         WHERE (backend_xid IS NOT NULL OR backend_xmin IS NOT NULL)
+           AND pid <> pg_backend_pid()),
+       (SELECT pid FROM pg_stat_activity
+         WHERE (backend_xid IS NOT NULL OR backend_xmin IS NOT NULL)
+           AND pid <> pg_backend_pid()
+         ORDER BY xact_start NULLS LAST LIMIT 1),
+       (SELECT count(*) FROM utcp.stored_events
+         WHERE tx_id >= pg_snapshot_xmin(pg_current_snapshot()))"""
+
+# Tamper evidence: recompute every event's hash from its stored fields and
+# check each stream's chain (versions 1..n without gaps, each prev_hash the
+# previous event's hash). Returns one row per broken event.
+VERIFY_CHAIN: Final = """
+WITH checked AS (
+    SELECT stream_id, stream_version, position, hash, prev_hash,
+           hash = sha256(coalesce(prev_hash, '\\x'::bytea) || utcp.event_content(
+               event_id, stream_id, stream_version, type, data, metadata, symbol,
+               occurred_at, created_at)) AS hash_ok,
+           lag(hash) OVER w AS expected_prev,
+           lag(stream_version, 1, 0::bigint) OVER w AS previous_version
+      FROM utcp.stored_events
+     WHERE (%(stream_id)s::text IS NULL OR stream_id = %(stream_id)s)
+    WINDOW w AS (PARTITION BY stream_id ORDER BY stream_version)
+)
+SELECT stream_id, stream_version, position,
+       CASE WHEN stream_version <> previous_version + 1 THEN 'version gap before this event'
+            WHEN NOT hash_ok THEN 'hash does not match the event''s content'
+            ELSE 'prev_hash does not match the previous event''s hash' END
+  FROM checked
+ WHERE NOT hash_ok
+    OR stream_version <> previous_version + 1
+    OR prev_hash IS DISTINCT FROM expected_prev
+ ORDER BY stream_id, stream_version
+ LIMIT %(limit)s"""
+
+VERIFY_COUNT: Final = """
+SELECT count(*), count(DISTINCT stream_id) FROM utcp.stored_events
+ WHERE (%(stream_id)s::text IS NULL OR stream_id = %(stream_id)s)"""

@@ -1,0 +1,651 @@
+"""The event store: append, read a stream, read the global log."""
+
+from __future__ import annotations
+
+import logging
+import os
+import uuid
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from types import TracebackType
+from typing import Any, Final
+
+import msgspec
+import psycopg
+import psycopg_pool
+from psycopg import errors as pg_errors
+from psycopg import postgres
+from psycopg.abc import Buffer
+from psycopg.adapt import Dumper
+from psycopg.pq import Format
+from psycopg.types.json import set_json_loads
+
+from . import sql
+from .codec import PreparedAppend, check_stream_id, prepare_append
+from .errors import (
+    DuplicateEventId,
+    EventStoreError,
+    IdempotencyConflict,
+    IntegrityViolation,
+    LogOrderHazard,
+    SchemaNotDeployed,
+    StorageError,
+    StorageUnavailable,
+    ValidationError,
+    WrongExpectedVersion,
+)
+from .events import (
+    ANY,
+    AppendResult,
+    EventRegistry,
+    ExpectedVersion,
+    NewEvent,
+    StoredEvent,
+    _Expectation,
+    default_registry,
+)
+from .retry import is_transient, run_with_retries
+from .settings import Settings
+
+__all__ = ["ChainProblem", "ChainReport", "EventStore", "StoreStatus"]
+
+log = logging.getLogger("eventstore")
+
+DSN_ENV: Final = "EVENTSTORE_DSN"
+#: Concurrent writers racing for one stream's next version (expected_version
+#: ANY or STREAM_EXISTS): each lost race means another append went in, so
+#: this bounds starvation, not progress.
+MAX_STREAM_RACES: Final = 100
+START: Final = ("0", 0)
+
+_decode_json = msgspec.json.Decoder().decode
+
+
+class _JsonbBytes(bytes):
+    """JSON text already encoded by msgspec, sent as a binary jsonb parameter."""
+
+    __slots__ = ()
+
+
+class _JsonbBytesDumper(Dumper):
+    format = Format.BINARY
+    oid = postgres.types["jsonb"].oid
+
+    def dump(self, obj: Buffer) -> Buffer:
+        return b"\x01" + bytes(obj)  # jsonb binary format: version 1, then the text
+
+
+class _StreamRace(Exception):
+    """Another writer took the stream's next version between our read and insert."""
+
+
+class ChainProblem(msgspec.Struct, frozen=True):
+    stream_id: str
+    stream_version: int
+    position: int
+    problem: str
+
+
+class ChainReport(msgspec.Struct, frozen=True):
+    """Result of :meth:`EventStore.verify_chain`."""
+
+    events_checked: int
+    streams_checked: int
+    problems: tuple[ChainProblem, ...]
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+class StoreStatus(msgspec.Struct, frozen=True):
+    """What an operator needs to see (``eventstore status``)."""
+
+    events: int
+    streams: int
+    last_position: int | None
+    last_event_at: Any
+    #: Age of the oldest transaction in the cluster that holds back the
+    #: global readers' horizon (DESIGN.md §4, "Stalls"), and its backend pid.
+    oldest_transaction_seconds: float | None
+    oldest_transaction_pid: int | None
+    #: Committed events that readers cannot see yet because an older
+    #: transaction is still running.
+    events_behind_horizon: int
+    #: Set when stored transaction ids are ahead of the cluster (a logical
+    #: restore): appends are refused until it is fixed.
+    xid_hazard: str | None
+
+
+def _parse_checkpoint(after: str | None) -> tuple[str, int]:
+    if after is None:
+        return START
+    if isinstance(after, str):
+        tx, sep, pos = after.partition("/")
+        if sep and tx.isdigit() and pos.isdigit():
+            return tx, int(pos)
+    raise ValidationError(
+        f"malformed checkpoint {after!r}: pass a StoredEvent.checkpoint",
+        field="after",
+        operation="read_all",
+    )
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def map_error(
+    exc: Exception,
+    operation: str,
+    *,
+    stream_id: str | None = None,
+    idempotency_key: str | None = None,
+) -> EventStoreError:
+    """Translate a driver or pool failure into the store's own error."""
+    if isinstance(exc, EventStoreError):
+        return exc
+    ctx: dict[str, Any] = {
+        "operation": operation,
+        "stream_id": stream_id,
+        "idempotency_key": idempotency_key,
+    }
+    if isinstance(exc, psycopg_pool.PoolTimeout):
+        return StorageUnavailable(f"no database connection became available: {exc}", **ctx)
+    if isinstance(exc, psycopg_pool.PoolClosed):
+        return StorageError("the event store is closed", **ctx)
+    state = exc.sqlstate if isinstance(exc, psycopg.Error) else None
+    ctx["sqlstate"] = state
+    message = _first_line(exc)
+    if is_transient(exc):
+        return StorageUnavailable(f"database unavailable: {message}", **ctx)
+    if state in {"42P01", "42883", "3F000"}:
+        return SchemaNotDeployed(
+            f"the utcp schema is missing or out of date ({message}): run `eventstore db deploy`",
+            **ctx,
+        )
+    if state == "UT002":
+        return LogOrderHazard(message, **ctx)
+    if state == "UT003" or (state or "").startswith("23"):
+        return IntegrityViolation(message, **ctx)
+    if state == "UT004" or (state or "").startswith("22"):
+        return ValidationError(message, **ctx)
+    if state == "42501":
+        return StorageError(f"permission denied: {message}", **ctx)
+    return StorageError(message, **ctx)
+
+
+class EventStore:
+    """The audit log. Open with :meth:`open`; use as a context manager.
+
+    Thread-safe: one store serves many threads through its pool.
+    """
+
+    def __init__(
+        self, pool: psycopg_pool.ConnectionPool, settings: Settings, registry: EventRegistry
+    ) -> None:
+        self._pool = pool
+        self.settings = settings
+        self.registry = registry
+
+    # -- life cycle ---------------------------------------------------------
+
+    @classmethod
+    def open(
+        cls,
+        dsn: str | None = None,
+        settings: Settings | None = None,
+        *,
+        registry: EventRegistry | None = None,
+    ) -> EventStore:
+        """Connect, check the schema, and open the pool (``wait=True``: a
+        wrong DSN or a missing schema fails here, not at the first append).
+
+        ``dsn`` defaults to the ``EVENTSTORE_DSN`` environment variable;
+        ``settings`` to :meth:`Settings.from_env`.
+        """
+        dsn = dsn if dsn is not None else os.environ.get(DSN_ENV)
+        if not dsn:
+            raise ValidationError(
+                f"no database given: pass dsn= or set {DSN_ENV}", field="dsn", operation="open"
+            )
+        settings = settings if settings is not None else Settings.from_env()
+        registry = registry if registry is not None else default_registry
+        kwargs: dict[str, Any] = {
+            "autocommit": True,
+            "connect_timeout": max(1, round(settings.connect_timeout)),
+            "application_name": settings.application_name,
+            "options": settings.connection_options(),
+        }
+        # One plain connection first: its error says what is wrong (host,
+        # auth, database), where a pool would only say it timed out.
+        try:
+            with psycopg.connect(dsn, **kwargs) as conn:
+                cls._check_database(conn)
+        except psycopg.Error as exc:
+            raise StorageUnavailable(
+                f"cannot connect to PostgreSQL: {_first_line(exc)}",
+                operation="open",
+                sqlstate=exc.sqlstate,
+            ) from exc
+        pool = psycopg_pool.ConnectionPool(
+            dsn,
+            min_size=settings.pool_min_size,
+            max_size=settings.pool_max_size,
+            timeout=settings.acquire_timeout,
+            max_lifetime=settings.max_lifetime,
+            max_idle=settings.max_idle,
+            kwargs=kwargs,
+            configure=cls._configure,
+            name="eventstore",
+            open=False,
+        )
+        try:
+            pool.open(wait=True, timeout=max(settings.connect_timeout, settings.acquire_timeout))
+        except psycopg_pool.PoolTimeout as exc:
+            pool.close()
+            raise StorageUnavailable(
+                f"could not open {settings.pool_min_size} connections: {exc}", operation="open"
+            ) from exc
+        return cls(pool, settings, registry)
+
+    @staticmethod
+    def _check_database(conn: psycopg.Connection[Any]) -> None:
+        row = conn.execute(sql.SCHEMA_CHECK).fetchone()
+        if row is None or not all(row):
+            raise SchemaNotDeployed(
+                "the utcp schema is not deployed in this database: run `eventstore db deploy`",
+                operation="open",
+            )
+        hazard = conn.execute(sql.XID_HAZARD).fetchone()
+        if hazard is not None and hazard[2]:
+            log.error(
+                "stored transaction ids (up to %s) are ahead of this cluster's (%s): "
+                "appends will be refused; see docs/runbook.md, 'Restores'",
+                hazard[0],
+                hazard[1],
+            )
+
+    @staticmethod
+    def _configure(conn: psycopg.Connection[Any]) -> None:
+        conn.adapters.register_dumper(_JsonbBytes, _JsonbBytesDumper)
+        set_json_loads(_decode_json, conn)
+
+    def close(self) -> None:
+        """Close every connection. Idempotent."""
+        self._pool.close()
+
+    def __enter__(self) -> EventStore:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    @contextmanager
+    def connection(self) -> Iterator[psycopg.Connection[Any]]:
+        """A pooled connection (autocommit), for callers building on the
+        store (projections, tests). Prefer the methods below."""
+        with self._pool.connection() as conn:
+            yield conn
+
+    def _run(
+        self,
+        operation: str,
+        work: Any,
+        *,
+        stream_id: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> Any:
+        def warn(exc: Exception) -> None:
+            log.warning("%s: transient failure, retrying: %s", operation, _first_line(exc))
+
+        try:
+            return run_with_retries(self.settings, work, on_retry=warn)
+        except Exception as exc:
+            raise map_error(
+                exc, operation, stream_id=stream_id, idempotency_key=idempotency_key
+            ) from exc
+
+    # -- writing ------------------------------------------------------------
+
+    def append(
+        self,
+        stream_id: str,
+        events: Sequence[NewEvent],
+        *,
+        expected_version: ExpectedVersion = ANY,
+        idempotency_key: str | None = None,
+    ) -> AppendResult:
+        """Append ``events`` to ``stream_id`` in one transaction: all or nothing.
+
+        ``expected_version``: :data:`ANY`, :data:`NO_STREAM`,
+        :data:`STREAM_EXISTS`, or an int n, "the stream is at version n now"
+        (0 is NO_STREAM). With ``idempotency_key``, a repeat of the same
+        request returns the first result with ``duplicate=True`` and writes
+        nothing; the same key with a different request raises
+        :class:`IdempotencyConflict`.
+        """
+        expected = self._expected(expected_version, stream_id, idempotency_key)
+        prepared = prepare_append(
+            stream_id,
+            events,
+            registry=self.registry,
+            idempotency_key=idempotency_key,
+            max_event_bytes=self.settings.max_event_bytes,
+            max_batch_events=self.settings.max_batch_events,
+        )
+        params = (
+            stream_id,
+            expected,
+            idempotency_key,
+            prepared.fingerprint,
+            _JsonbBytes(prepared.payload),
+        )
+
+        def attempt(n: int) -> AppendResult:
+            with self._pool.connection() as conn:
+                if n > 1:
+                    # The previous attempt may have committed before its
+                    # reply was lost: if our events are there, that was us.
+                    own = self._own_write(conn, stream_id, prepared)
+                    if own is not None:
+                        return own
+                for _ in range(MAX_STREAM_RACES):
+                    try:
+                        row = conn.execute(sql.APPEND, params, binary=True).fetchone()
+                    except pg_errors.UniqueViolation as exc:
+                        if n > 1:
+                            own = self._own_write(conn, stream_id, prepared)
+                            if own is not None:
+                                return own
+                        constraint = exc.diag.constraint_name
+                        if constraint == "stored_events_event_id_key":
+                            raise DuplicateEventId(
+                                f"an event id of this batch is already in the log: "
+                                f"{exc.diag.message_detail or _first_line(exc)}",
+                                operation="append",
+                                stream_id=stream_id,
+                                idempotency_key=idempotency_key,
+                                sqlstate=exc.sqlstate,
+                            ) from exc
+                        if constraint != "stored_events_pkey":
+                            raise
+                        if expected is not None and expected >= 0:
+                            raise self._wrong_version(
+                                conn, stream_id, expected_version, idempotency_key, exc
+                            ) from exc
+                        continue  # ANY / STREAM_EXISTS: take the next version
+                    except psycopg.Error as exc:
+                        if exc.sqlstate != "UT001":  # raised by utcp.append_events()
+                            raise
+                        if n > 1:
+                            own = self._own_write(conn, stream_id, prepared)
+                            if own is not None:
+                                return own
+                        actual = int(exc.diag.message_detail or -1)
+                        raise WrongExpectedVersion(
+                            f"stream {stream_id!r} is at version {actual}, "
+                            f"not {expected_version!r}",
+                            expected=expected_version,
+                            actual=actual,
+                            operation="append",
+                            stream_id=stream_id,
+                            idempotency_key=idempotency_key,
+                            sqlstate=exc.sqlstate,
+                        ) from exc
+                    assert row is not None
+                    return self._result(row, prepared, n, stream_id, idempotency_key)
+                raise StorageUnavailable(
+                    f"lost the race for stream {stream_id!r} {MAX_STREAM_RACES} times in a row",
+                    operation="append",
+                    stream_id=stream_id,
+                    idempotency_key=idempotency_key,
+                )
+
+        result: AppendResult = self._run(
+            "append", attempt, stream_id=stream_id, idempotency_key=idempotency_key
+        )
+        return result
+
+    @staticmethod
+    def _expected(
+        expected_version: ExpectedVersion, stream_id: str, key: str | None
+    ) -> int | None:
+        if isinstance(expected_version, _Expectation):
+            return expected_version.sql_value
+        if isinstance(expected_version, int) and not isinstance(expected_version, bool):
+            if expected_version >= 0:
+                return expected_version
+        raise ValidationError(
+            f"expected_version must be ANY, NO_STREAM, STREAM_EXISTS or an int >= 0, "
+            f"got {expected_version!r}",
+            field="expected_version",
+            operation="append",
+            stream_id=stream_id if isinstance(stream_id, str) else None,
+            idempotency_key=key,
+        )
+
+    @staticmethod
+    def _result(
+        row: tuple[Any, ...],
+        prepared: PreparedAppend,
+        attempt: int,
+        stream_id: str,
+        key: str | None,
+    ) -> AppendResult:
+        outcome, stored_stream, first, last, positions, first_event_id, fingerprint = row
+        if outcome == "k" and fingerprint != prepared.fingerprint:
+            raise IdempotencyConflict(
+                f"idempotency key {key!r} was already used for a different request "
+                f"(stream {stored_stream!r}, versions {first}..{last})",
+                operation="append",
+                stream_id=stream_id,
+                idempotency_key=key,
+            )
+        # A key found on a retry, holding the ids this call generated, is
+        # this call's own first attempt: report the write, once.
+        duplicate = outcome == "k" and not (
+            attempt > 1 and first_event_id == prepared.event_ids[0]
+        )
+        return AppendResult(stored_stream, first, last, tuple(positions), duplicate)
+
+    @staticmethod
+    def _own_write(
+        conn: psycopg.Connection[Any], stream_id: str, prepared: PreparedAppend
+    ) -> AppendResult | None:
+        rows = conn.execute(sql.EVENTS_BY_ID, (list(prepared.event_ids),)).fetchall()
+        if not rows:
+            return None
+        ours = {uuid.UUID(str(r[3])) for r in rows}
+        if len(rows) != len(prepared.event_ids) or any(r[0] != stream_id for r in rows):
+            raise IntegrityViolation(
+                f"{len(rows)} of this batch's {len(prepared.event_ids)} event ids are "
+                "already in the log, not as this batch",
+                operation="append",
+                stream_id=stream_id,
+            )
+        assert ours == set(prepared.event_ids)
+        return AppendResult(stream_id, rows[0][1], rows[-1][1], tuple(r[2] for r in rows))
+
+    def _wrong_version(
+        self,
+        conn: psycopg.Connection[Any],
+        stream_id: str,
+        expected: ExpectedVersion,
+        key: str | None,
+        cause: Exception,
+    ) -> WrongExpectedVersion:
+        row = conn.execute(sql.STREAM_VERSION, (stream_id,)).fetchone()
+        actual = int(row[0]) if row else None
+        return WrongExpectedVersion(
+            f"stream {stream_id!r} moved on while appending: it is at version {actual}, "
+            f"not {expected!r}",
+            expected=expected,
+            actual=actual,
+            operation="append",
+            stream_id=stream_id,
+            idempotency_key=key,
+            sqlstate=getattr(cause, "sqlstate", None),
+        )
+
+    # -- reading ------------------------------------------------------------
+
+    def read_stream(
+        self, stream_id: str, *, from_version: int = 1, limit: int | None = None
+    ) -> list[StoredEvent]:
+        """The events of one stream, from ``from_version`` on, in version order."""
+        check_stream_id(stream_id)
+        if not isinstance(from_version, int) or from_version < 1:
+            raise ValidationError(
+                "from_version must be an int >= 1", field="from_version", operation="read_stream"
+            )
+        self._check_limit(limit, "read_stream", allow_none=True)
+        return self._fetch_events(
+            "read_stream", sql.READ_STREAM, (stream_id, from_version, limit), stream_id=stream_id
+        )
+
+    def stream_version(self, stream_id: str) -> int:
+        """The stream's current version (0 when it does not exist)."""
+        check_stream_id(stream_id)
+
+        def work(_: int) -> int:
+            with self._pool.connection() as conn:
+                row = conn.execute(sql.STREAM_VERSION, (stream_id,)).fetchone()
+                return int(row[0]) if row else 0
+
+        version: int = self._run("stream_version", work, stream_id=stream_id)
+        return version
+
+    def read_all(
+        self,
+        *,
+        after: str | None = None,
+        limit: int = 1000,
+        types: Sequence[str] | None = None,
+    ) -> list[StoredEvent]:
+        """The next page of the global log after checkpoint ``after``.
+
+        Every committed event exactly once, in one order that is the same
+        for every reader, and never behind a checkpoint already handed out,
+        however writers' commits interleave (DESIGN.md §4). An empty page
+        means "nothing more committed yet".
+        """
+        tx, pos = _parse_checkpoint(after)
+        self._check_limit(limit, "read_all")
+        if types is None:
+            return self._fetch_events("read_all", sql.READ_ALL, (tx, pos, limit))
+        if isinstance(types, str) or not all(isinstance(t, str) for t in types):
+            raise ValidationError(
+                "types must be a sequence of type names", field="types", operation="read_all"
+            )
+        return self._fetch_events("read_all", sql.READ_ALL_TYPES, (tx, pos, list(types), limit))
+
+    def find_events(
+        self,
+        *,
+        type: str | None = None,
+        symbol: str | None = None,
+        category: str | None = None,
+        stream_id: str | None = None,
+        since: Any = None,
+        until: Any = None,
+        limit: int = 1000,
+    ) -> list[StoredEvent]:
+        """Events by type, symbol, stream category or stream, with business
+        time (``occurred_at``) in ``[since, until)``, in that time order.
+        Served by the log's indexes."""
+        self._check_limit(limit, "find_events")
+        query = sql.find_events(
+            type=type is not None,
+            symbol=symbol is not None,
+            category=category is not None,
+            stream_id=stream_id is not None,
+            since=since is not None,
+            until=until is not None,
+        )
+        params = {
+            "type": type,
+            "symbol": symbol,
+            "category": category,
+            "stream_id": stream_id,
+            "since": since,
+            "until": until,
+            "limit": limit,
+        }
+        return self._fetch_events("find_events", query, params)
+
+    @staticmethod
+    def _check_limit(limit: object, operation: str, *, allow_none: bool = False) -> None:
+        if limit is None and allow_none:
+            return
+        if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
+            raise ValidationError("limit must be an int >= 1", field="limit", operation=operation)
+
+    def _fetch_events(
+        self, operation: str, query: Any, params: Any, *, stream_id: str | None = None
+    ) -> list[StoredEvent]:
+        def work(_: int) -> list[StoredEvent]:
+            with self._pool.connection() as conn:
+                cur = conn.cursor(binary=True)
+                rows = cur.execute(query, params).fetchall()
+            return [StoredEvent(*row) for row in rows]
+
+        events: list[StoredEvent] = self._run(operation, work, stream_id=stream_id)
+        return events
+
+    # -- operations ---------------------------------------------------------
+
+    def verify_chain(self, stream_id: str | None = None, *, limit: int = 100) -> ChainReport:
+        """Recompute every hash and check every stream's chain: any changed,
+        removed or re-ordered event shows up as a problem."""
+        if stream_id is not None:
+            check_stream_id(stream_id)
+        params = {"stream_id": stream_id, "limit": limit}
+
+        def work(_: int) -> ChainReport:
+            with self._pool.connection() as conn:
+                problems = conn.execute(sql.VERIFY_CHAIN, params).fetchall()
+                counts = conn.execute(sql.VERIFY_COUNT, params).fetchone()
+            assert counts is not None
+            return ChainReport(
+                events_checked=counts[0],
+                streams_checked=counts[1],
+                problems=tuple(ChainProblem(*p) for p in problems),
+            )
+
+        report: ChainReport = self._run("verify_chain", work, stream_id=stream_id)
+        return report
+
+    def status(self) -> StoreStatus:
+        """Counts, the oldest running transaction, and the restore hazard."""
+
+        def work(_: int) -> StoreStatus:
+            with self._pool.connection() as conn:
+                row = conn.execute(sql.STATUS).fetchone()
+                hazard = conn.execute(sql.XID_HAZARD).fetchone()
+            assert row is not None
+            message = None
+            if hazard is not None and hazard[2]:
+                message = (
+                    f"stored transaction ids (up to {hazard[0]}) are ahead of this "
+                    f"cluster's ({hazard[1]}): appends are refused; see docs/runbook.md"
+                )
+            return StoreStatus(
+                events=row[0],
+                last_position=row[1],
+                streams=row[2],
+                last_event_at=row[3],
+                oldest_transaction_seconds=row[4],
+                oldest_transaction_pid=row[5],
+                events_behind_horizon=row[6],
+                xid_hazard=message,
+            )
+
+        status: StoreStatus = self._run("status", work)
+        return status
