@@ -248,7 +248,9 @@ def prepare_append(
         else:
             raise _fail("event_id must be a UUID", f"{where}.event_id", **ctx)
         if event_id in seen:
-            raise _fail(f"event id {event_id} appears twice in the batch", f"{where}.event_id", **ctx)
+            raise _fail(
+                f"event id {event_id} appears twice in the batch", f"{where}.event_id", **ctx
+            )
         seen.add(event_id)
         ids.append(event_id)
         wire.append(

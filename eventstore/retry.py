@@ -74,4 +74,3 @@ def run_with_retries(
             attempt += 1
             return work(attempt)
     raise AssertionError("unreachable: stamina re-raises the last failure")  # pragma: no cover
-

@@ -93,8 +93,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
 
     def connection_options(self) -> str:
         """libpq ``options``: server settings applied at connect, no round trip."""
-        ms = lambda s: int(s * 1000)  # noqa: E731
+        statement_ms = int(self.statement_timeout * 1000)
+        idle_ms = int(self.idle_in_transaction_session_timeout * 1000)
         return (
-            f"-c statement_timeout={ms(self.statement_timeout)} "
-            f"-c idle_in_transaction_session_timeout={ms(self.idle_in_transaction_session_timeout)}"
+            f"-c statement_timeout={statement_ms} -c idle_in_transaction_session_timeout={idle_ms}"
         )

@@ -17,6 +17,7 @@ from psycopg import errors as pg_errors
 from psycopg import postgres
 from psycopg.abc import Buffer
 from psycopg.adapt import Dumper
+from psycopg.conninfo import conninfo_to_dict
 from psycopg.pq import Format
 from psycopg.types.json import set_json_loads
 
@@ -75,8 +76,38 @@ class _JsonbBytesDumper(Dumper):
         return b"\x01" + bytes(obj)  # jsonb binary format: version 1, then the text
 
 
-class _StreamRace(Exception):
-    """Another writer took the stream's next version between our read and insert."""
+def _hazard_message(row: tuple[Any, ...] | None) -> str | None:
+    if row is None or not row[2]:
+        return None
+    return (
+        f"stored transaction ids (up to {row[0]}) are ahead of this cluster's ({row[1]}): "
+        "the log was restored logically into a new cluster, and new events would sort "
+        "before old ones; appends are refused until it is fixed (docs/runbook.md, 'Restores')"
+    )
+
+
+class _OrderGuard:
+    """Refuses appends while the log's transaction ids are ahead of the
+    cluster's (DESIGN.md §4, "Restores").
+
+    Checked on every new connection: the counter can only go backwards by
+    moving to another cluster, and that always means new connections. The
+    append path itself pays nothing for it.
+    """
+
+    def __init__(self) -> None:
+        self.hazard: str | None = None
+
+    def check(self, conn: psycopg.Connection[Any]) -> None:
+        self.hazard = _hazard_message(conn.execute(sql.XID_HAZARD).fetchone())
+        if self.hazard:
+            log.error("%s", self.hazard)
+
+    def configure(self, conn: psycopg.Connection[Any]) -> None:
+        """The pool's configure hook: adapters, then the order check."""
+        conn.adapters.register_dumper(_JsonbBytes, _JsonbBytesDumper)
+        set_json_loads(_decode_json, conn)
+        self.check(conn)
 
 
 class ChainProblem(msgspec.Struct, frozen=True):
@@ -183,11 +214,16 @@ class EventStore:
     """
 
     def __init__(
-        self, pool: psycopg_pool.ConnectionPool, settings: Settings, registry: EventRegistry
+        self,
+        pool: psycopg_pool.ConnectionPool,
+        settings: Settings,
+        registry: EventRegistry,
+        guard: _OrderGuard | None = None,
     ) -> None:
         self._pool = pool
         self.settings = settings
         self.registry = registry
+        self._guard = guard if guard is not None else _OrderGuard()
 
     # -- life cycle ---------------------------------------------------------
 
@@ -212,17 +248,29 @@ class EventStore:
             )
         settings = settings if settings is not None else Settings.from_env()
         registry = registry if registry is not None else default_registry
+        try:
+            user_options = conninfo_to_dict(dsn).get("options")
+        except psycopg.ProgrammingError as exc:
+            raise ValidationError(
+                f"malformed DSN: {_first_line(exc)}", field="dsn", operation="open"
+            ) from exc
+        # The store's timeouts go after the DSN's own options: later -c wins.
+        options = settings.connection_options()
+        if user_options:
+            options = f"{user_options} {options}"
         kwargs: dict[str, Any] = {
             "autocommit": True,
             "connect_timeout": max(1, round(settings.connect_timeout)),
             "application_name": settings.application_name,
-            "options": settings.connection_options(),
+            "options": options,
         }
         # One plain connection first: its error says what is wrong (host,
         # auth, database), where a pool would only say it timed out.
+        guard = _OrderGuard()
         try:
             with psycopg.connect(dsn, **kwargs) as conn:
-                cls._check_database(conn)
+                cls._check_schema(conn)
+                guard.check(conn)
         except psycopg.Error as exc:
             raise StorageUnavailable(
                 f"cannot connect to PostgreSQL: {_first_line(exc)}",
@@ -237,7 +285,7 @@ class EventStore:
             max_lifetime=settings.max_lifetime,
             max_idle=settings.max_idle,
             kwargs=kwargs,
-            configure=cls._configure,
+            configure=guard.configure,
             name="eventstore",
             open=False,
         )
@@ -248,29 +296,16 @@ class EventStore:
             raise StorageUnavailable(
                 f"could not open {settings.pool_min_size} connections: {exc}", operation="open"
             ) from exc
-        return cls(pool, settings, registry)
+        return cls(pool, settings, registry, guard)
 
     @staticmethod
-    def _check_database(conn: psycopg.Connection[Any]) -> None:
+    def _check_schema(conn: psycopg.Connection[Any]) -> None:
         row = conn.execute(sql.SCHEMA_CHECK).fetchone()
         if row is None or not all(row):
             raise SchemaNotDeployed(
                 "the utcp schema is not deployed in this database: run `eventstore db deploy`",
                 operation="open",
             )
-        hazard = conn.execute(sql.XID_HAZARD).fetchone()
-        if hazard is not None and hazard[2]:
-            log.error(
-                "stored transaction ids (up to %s) are ahead of this cluster's (%s): "
-                "appends will be refused; see docs/runbook.md, 'Restores'",
-                hazard[0],
-                hazard[1],
-            )
-
-    @staticmethod
-    def _configure(conn: psycopg.Connection[Any]) -> None:
-        conn.adapters.register_dumper(_JsonbBytes, _JsonbBytesDumper)
-        set_json_loads(_decode_json, conn)
 
     def close(self) -> None:
         """Close every connection. Idempotent."""
@@ -332,6 +367,13 @@ class EventStore:
         :class:`IdempotencyConflict`.
         """
         expected = self._expected(expected_version, stream_id, idempotency_key)
+        if self._guard.hazard and self._order_hazard() is not None:
+            raise LogOrderHazard(
+                self._guard.hazard,
+                operation="append",
+                stream_id=stream_id,
+                idempotency_key=idempotency_key,
+            )
         prepared = prepare_append(
             stream_id,
             events,
@@ -413,15 +455,27 @@ class EventStore:
         )
         return result
 
+    def _order_hazard(self) -> str | None:
+        """Check again (only while refusing): the operator may have fixed it."""
+
+        def work(_: int) -> str | None:
+            with self._pool.connection() as conn:
+                self._guard.check(conn)
+            return self._guard.hazard
+
+        hazard: str | None = self._run("append", work)
+        return hazard
+
     @staticmethod
-    def _expected(
-        expected_version: ExpectedVersion, stream_id: str, key: str | None
-    ) -> int | None:
+    def _expected(expected_version: ExpectedVersion, stream_id: str, key: str | None) -> int | None:
         if isinstance(expected_version, _Expectation):
             return expected_version.sql_value
-        if isinstance(expected_version, int) and not isinstance(expected_version, bool):
-            if expected_version >= 0:
-                return expected_version
+        if (
+            isinstance(expected_version, int)
+            and not isinstance(expected_version, bool)
+            and expected_version >= 0
+        ):
+            return expected_version
         raise ValidationError(
             f"expected_version must be ANY, NO_STREAM, STREAM_EXISTS or an int >= 0, "
             f"got {expected_version!r}",
@@ -450,9 +504,7 @@ class EventStore:
             )
         # A key found on a retry, holding the ids this call generated, is
         # this call's own first attempt: report the write, once.
-        duplicate = outcome == "k" and not (
-            attempt > 1 and first_event_id == prepared.event_ids[0]
-        )
+        duplicate = outcome == "k" and not (attempt > 1 and first_event_id == prepared.event_ids[0])
         return AppendResult(stored_stream, first, last, tuple(positions), duplicate)
 
     @staticmethod
@@ -630,12 +682,7 @@ class EventStore:
                 row = conn.execute(sql.STATUS).fetchone()
                 hazard = conn.execute(sql.XID_HAZARD).fetchone()
             assert row is not None
-            message = None
-            if hazard is not None and hazard[2]:
-                message = (
-                    f"stored transaction ids (up to {hazard[0]}) are ahead of this "
-                    f"cluster's ({hazard[1]}): appends are refused; see docs/runbook.md"
-                )
+            message = _hazard_message(hazard)
             return StoreStatus(
                 events=row[0],
                 last_position=row[1],

@@ -17,16 +17,6 @@ RETURNS bytea LANGUAGE sql STABLE PARALLEL SAFE AS $$
         extract(epoch FROM occurred_at)::text, extract(epoch FROM created_at)::text), 'UTF8')
 $$;
 
--- hash(n) = sha256(hash(n-1) || content(n)); hash(0) is empty.
-CREATE FUNCTION utcp.hash_chain_step(state bytea, head bytea, content bytea)
-RETURNS bytea LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
-    SELECT sha256(coalesce(state, head, '\x'::bytea) || content)
-$$;
--- Running hash over a batch, seeded with the stream's head hash:
---   hash_chain(head, content) OVER (ORDER BY version)
-CREATE AGGREGATE utcp.hash_chain(bytea, bytea) (
-    SFUNC = utcp.hash_chain_step, STYPE = bytea);
-
 -- The one way to write the log. Writers get EXECUTE on this and nothing
 -- else, so no writer can skip the version check or the hash chain.
 --
@@ -53,6 +43,10 @@ DECLARE
     v_version bigint;
     v_head    bytea;
     v_head_tx xid8;
+    v_hash    bytea;
+    v_hashes  bytea[] := '{}';
+    v_positions bigint[];
+    r         record;
 BEGIN
     IF v_count = 0 THEN
         RAISE EXCEPTION 'an append needs at least one event' USING ERRCODE = 'UT004';
@@ -105,33 +99,58 @@ BEGIN
         END IF;
     END IF;
 
-    RETURN QUERY
-    WITH batch AS (
-        SELECT x.id, x.type, x.data, x.metadata, x.symbol,
-               coalesce(x.occurred_at, v_now) AS occurred_at,
-               v_version + x.ord AS version, x.ord
-          FROM ROWS FROM (jsonb_to_recordset(p_events) AS (
-                   id uuid, type text, data jsonb, metadata jsonb, symbol text,
-                   occurred_at timestamptz))
-               WITH ORDINALITY AS x(id, type, data, metadata, symbol, occurred_at, ord)
-    ), chained AS (
-        SELECT b.*, utcp.hash_chain(v_head, utcp.event_content(
-                   b.id, p_stream_id, b.version, b.type, b.data, b.metadata, b.symbol,
-                   b.occurred_at, v_now)) OVER (ORDER BY b.ord) AS hash
-          FROM batch b
-    ), written AS (
-        INSERT INTO utcp.stored_events
+    -- hash(n) = sha256(hash(n-1) || content(n)), hash(0) empty: computed
+    -- here, from the same typed values that are stored.
+    IF v_count = 1 THEN
+        INSERT INTO utcp.stored_events AS e
                (event_id, stream_id, stream_version, type, data, metadata, symbol,
                 occurred_at, created_at, prev_hash, hash)
-        SELECT c.id, p_stream_id, c.version, c.type, c.data, c.metadata, c.symbol,
-               c.occurred_at, v_now, coalesce(lag(c.hash) OVER (ORDER BY c.ord), v_head), c.hash
-          FROM chained c
-        RETURNING utcp.stored_events.position, utcp.stored_events.stream_version
-    )
-    SELECT 'w'::"char", p_stream_id, v_version + 1, v_version + v_count,
-           array_agg(w.position ORDER BY w.stream_version),
-           (p_events -> 0 ->> 'id')::uuid, p_fingerprint
-      FROM written w;
+        SELECT x.id, p_stream_id, v_version + 1, x.type, x.data, x.metadata, x.symbol,
+               coalesce(x.occurred_at, v_now), v_now, v_head,
+               sha256(coalesce(v_head, '\x'::bytea) || utcp.event_content(
+                   x.id, p_stream_id, v_version + 1, x.type, x.data, x.metadata, x.symbol,
+                   coalesce(x.occurred_at, v_now), v_now))
+          FROM jsonb_to_record(p_events -> 0) AS x(
+                   id uuid, type text, data jsonb, metadata jsonb, symbol text,
+                   occurred_at timestamptz)
+        RETURNING ARRAY[e.position] INTO v_positions;
+    ELSE
+        v_hash := v_head;
+        FOR r IN SELECT * FROM ROWS FROM (jsonb_to_recordset(p_events) AS (
+                     id uuid, type text, data jsonb, metadata jsonb, symbol text,
+                     occurred_at timestamptz))
+                 WITH ORDINALITY AS x(id, type, data, metadata, symbol, occurred_at, ord)
+        LOOP
+            v_hash := sha256(coalesce(v_hash, '\x'::bytea) || utcp.event_content(
+                r.id, p_stream_id, v_version + r.ord, r.type, r.data, r.metadata, r.symbol,
+                coalesce(r.occurred_at, v_now), v_now));
+            v_hashes[r.ord] := v_hash;
+        END LOOP;
+        WITH written AS (
+            INSERT INTO utcp.stored_events AS e
+                   (event_id, stream_id, stream_version, type, data, metadata, symbol,
+                    occurred_at, created_at, prev_hash, hash)
+            SELECT x.id, p_stream_id, v_version + x.ord, x.type, x.data, x.metadata, x.symbol,
+                   coalesce(x.occurred_at, v_now), v_now,
+                   CASE WHEN x.ord = 1 THEN v_head ELSE v_hashes[x.ord - 1] END,
+                   v_hashes[x.ord]
+              FROM ROWS FROM (jsonb_to_recordset(p_events) AS (
+                       id uuid, type text, data jsonb, metadata jsonb, symbol text,
+                       occurred_at timestamptz))
+                   WITH ORDINALITY AS x(id, type, data, metadata, symbol, occurred_at, ord)
+            RETURNING e.position, e.stream_version
+        )
+        SELECT array_agg(w.position ORDER BY w.stream_version) INTO v_positions FROM written w;
+    END IF;
+
+    outcome := 'w';
+    stream_id := p_stream_id;
+    first_version := v_version + 1;
+    last_version := v_version + v_count;
+    positions := v_positions;
+    first_event_id := (p_events -> 0 ->> 'id')::uuid;
+    fingerprint := p_fingerprint;
+    RETURN NEXT;
 END $$;
 
 -- The stored result of an idempotency key (no row when the key is unused).

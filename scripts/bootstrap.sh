@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# Idempotent set-up of a development machine: the .venv, Sqitch and psql, and a
+# reachable PostgreSQL. Safe to run again and again (the Makefile does).
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+DSN="${EVENTSTORE_DSN:-postgresql://root@127.0.0.1:5432/test}"
+PYTHON="${PYTHON:-python3}"
+VENV=.venv
+STAMP="$VENV/.installed"
+
+die() { echo "bootstrap: $*" >&2; exit 1; }
+
+# 1. Python virtual environment with the project and its dev tools.
+command -v "$PYTHON" >/dev/null || die "$PYTHON not found: install Python 3.11 or newer"
+version="$("$PYTHON" -c 'import sys; print("%d.%d" % sys.version_info[:2])')" \
+    || die "$PYTHON does not run: install Python 3.11 or newer"
+"$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
+    || die "Python 3.11 or newer is needed, $PYTHON is $version (set PYTHON=python3.11 or newer)"
+if [ ! -x "$VENV/bin/python" ]; then
+    echo "bootstrap: creating $VENV"
+    "$PYTHON" -m venv "$VENV" \
+        || die "cannot create a venv: on Debian/Ubuntu run \`sudo apt-get install -y python3-venv\`"
+fi
+if [ ! -f "$STAMP" ] || [ pyproject.toml -nt "$STAMP" ]; then
+    echo "bootstrap: installing the project into $VENV"
+    "$VENV/bin/python" -m pip install --quiet -e '.[dev]'
+    touch "$STAMP"
+fi
+
+# 2. Sqitch (with the PostgreSQL driver) and the psql client it drives.
+if ! command -v sqitch >/dev/null || ! command -v psql >/dev/null \
+    || ! perl -MDBD::Pg -e 1 2>/dev/null; then
+    packages="sqitch libdbd-pg-perl postgresql-client"
+    if [ "$(id -u)" -eq 0 ]; then sudo=""; else sudo="sudo -n"; fi
+    if command -v apt-get >/dev/null && { [ -z "$sudo" ] || sudo -n true 2>/dev/null; }; then
+        echo "bootstrap: installing $packages"
+        $sudo apt-get update -qq
+        # shellcheck disable=SC2086 # $packages is a word list on purpose
+        $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $packages >/dev/null
+    else
+        die "sqitch, DBD::Pg and psql are needed: run \`sudo apt-get install -y $packages\`" \
+            "(Debian/Ubuntu) or see https://sqitch.org/download/"
+    fi
+fi
+
+# 3. A PostgreSQL server answering at the DSN.
+if command -v pg_isready >/dev/null; then
+    pg_isready -q -d "$DSN" && up=1 || up=0
+else
+    "$VENV/bin/python" -c 'import sys, psycopg; psycopg.connect(sys.argv[1], connect_timeout=5).close()' \
+        "$DSN" 2>/dev/null && up=1 || up=0
+fi
+if [ "$up" -ne 1 ]; then
+    echo "bootstrap: PostgreSQL is not reachable at $DSN. Start it:" >&2
+    echo "  local Debian/Ubuntu install: sudo pg_ctlcluster --skip-systemctl-redirect \$(ls /etc/postgresql) main start" >&2
+    echo "  with Docker:                 docker compose up -d" >&2
+    exit 1
+fi
+echo "bootstrap: ready"
