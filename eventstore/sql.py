@@ -98,7 +98,7 @@ SELECT (SELECT count(*) FROM utcp.stored_events),
        (SELECT max(position) FROM utcp.stored_events),
        (SELECT count(DISTINCT stream_id) FROM utcp.stored_events),
        (SELECT max(created_at) FROM utcp.stored_events),
-       (SELECT extract(epoch FROM now() - min(xact_start))::float8
+       (SELECT greatest(0, extract(epoch FROM clock_timestamp() - min(xact_start)))::float8
           FROM pg_stat_activity
          WHERE (backend_xid IS NOT NULL OR backend_xmin IS NOT NULL)
            AND pid <> pg_backend_pid()),
