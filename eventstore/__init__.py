@@ -32,12 +32,13 @@ from .events import (
 )
 from .schemas import AuditEvent, Trade
 from .settings import Settings
-from .store import ChainReport, EventStore, StoreStatus
+from .store import Anchor, ChainReport, EventStore, StoreStatus
 
 __all__ = [
     "ANY",
     "NO_STREAM",
     "STREAM_EXISTS",
+    "Anchor",
     "AppendResult",
     "AuditEvent",
     "ChainReport",

@@ -8,8 +8,9 @@ from typing import Final, TypeVar
 
 import msgspec
 
-from .errors import ValidationError
-from .events import AppendResult, NewEvent
+from .codec import check_value, error_path
+from .errors import StorageError, ValidationError
+from .events import AppendResult, NewEvent, StoredEvent
 from .schemas import TRADE_EXECUTED, AuditEvent, Trade
 from .store import EventStore
 
@@ -47,10 +48,29 @@ def _validated(obj: S, cls: type[S], operation: str) -> S:
             field=cls.__name__.lower(),
             operation=operation,
         )
+    # Before to_builtins, which would turn Decimal('NaN') into the text "NaN".
+    # Field paths are relative to the object passed: "details.score".
+    check_value(obj, "", {"operation": operation})
     try:
         return msgspec.convert(msgspec.to_builtins(obj), cls, strict=False)
     except msgspec.ValidationError as exc:
-        raise ValidationError(str(exc), field=cls.__name__.lower(), operation=operation) from exc
+        field = error_path(exc).lstrip(".") or cls.__name__.lower()
+        raise ValidationError(str(exc), field=field, operation=operation) from exc
+
+
+def _decoded(events: list[StoredEvent], cls: type[S], operation: str) -> list[S]:
+    out: list[S] = []
+    for event in events:
+        try:
+            out.append(msgspec.convert(event.data, cls, strict=False))
+        except msgspec.ValidationError as exc:
+            raise StorageError(
+                f"event {event.event_id} ({event.type}, position {event.position}) "
+                f"is not a valid {cls.__name__}: {exc}",
+                operation=operation,
+                stream_id=event.stream_id,
+            ) from exc
+    return out
 
 
 class StorageAdapter:
@@ -103,7 +123,7 @@ class StorageAdapter:
             until=until,
             limit=limit,
         )
-        return [msgspec.convert(e.data, Trade, strict=False) for e in events]
+        return _decoded(events, Trade, "list_trades")
 
     def list_audit_events(
         self,
@@ -125,4 +145,4 @@ class StorageAdapter:
             until=until,
             limit=limit,
         )
-        return [msgspec.convert(e.data, AuditEvent, strict=False) for e in events]
+        return _decoded(events, AuditEvent, "list_audit_events")

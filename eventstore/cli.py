@@ -368,16 +368,39 @@ def _verify(args: argparse.Namespace) -> int:
         return 0 if report.ok else EXIT_ERROR
     scope = f"stream {args.stream}" if args.stream else "the whole log"
     counts = f"{report.events_checked} events in {report.streams_checked} streams"
+    if not args.stream:
+        counts += f", {report.anchors_checked} anchors"
     if report.ok:
-        print(f"ok: {scope}, {counts}, every hash and chain link checks out")
+        print(f"ok: {scope}, {counts}, every hash, chain link and anchor checks out")
         return 0
     for problem in report.problems:
         print(
             f"  {problem.position:>6}  {problem.stream_id} v{problem.stream_version}  "
             f"{problem.problem}"
         )
-    print(f"PROBLEMS: {len(report.problems)} in {scope} ({counts} checked)")
+    for bad in report.anchor_problems:
+        print(f"  anchor #{bad.anchor_id} (through {bad.checkpoint})  {bad.problem}")
+    found = len(report.problems) + len(report.anchor_problems)
+    print(f"PROBLEMS: {found} in {scope} ({counts} checked)")
     return EXIT_ERROR
+
+
+def _anchor(args: argparse.Namespace) -> int:
+    with _open_store(args) as store:
+        anchor = store.anchor()
+    if anchor is None:
+        print("the log is empty: nothing to anchor")
+        return 0
+    if args.json:
+        record = {**msgspec.structs.asdict(anchor), "digest": anchor.digest.hex()}
+        print(msgspec.json.encode(record).decode())
+        return 0
+    print(
+        f"anchor #{anchor.anchor_id}: {anchor.events} events through checkpoint "
+        f"{anchor.checkpoint}\n  sha256 {anchor.digest.hex()}\n"
+        "  keep this digest outside the database; `eventstore verify` checks every anchor"
+    )
+    return 0
 
 
 # -- parser -------------------------------------------------------------------
@@ -478,6 +501,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_json(verify)
     _add_dsn(verify)
     verify.set_defaults(handler=_verify)
+
+    anchor = commands.add_parser(
+        "anchor", help="record a digest of the log so far (run it from cron; publish the digest)"
+    )
+    _add_json(anchor)
+    _add_dsn(anchor)
+    anchor.set_defaults(handler=_anchor)
     return parser
 
 

@@ -22,7 +22,14 @@ import msgspec
 from .errors import ValidationError
 from .events import EventRegistry, NewEvent, uuid7
 
-__all__ = ["PreparedAppend", "check_stream_id", "encoder", "prepare_append"]
+__all__ = [
+    "PreparedAppend",
+    "check_stream_id",
+    "check_value",
+    "encoder",
+    "error_path",
+    "prepare_append",
+]
 
 #: Sorted keys: the same mapping always encodes to the same bytes, which the
 #: idempotency fingerprint relies on. Decimals travel as strings, exactly.
@@ -51,7 +58,8 @@ class PreparedAppend(msgspec.Struct, frozen=True):
 
 
 def _fail(message: str, field: str, **ctx: Any) -> ValidationError:
-    return ValidationError(message, field=field, operation="append", **ctx)
+    ctx.setdefault("operation", "append")
+    return ValidationError(message, field=field, **ctx)
 
 
 def check_identifier(value: object, field: str, *, what: str, **ctx: Any) -> str:
@@ -64,23 +72,36 @@ def check_identifier(value: object, field: str, *, what: str, **ctx: Any) -> str
         raise _fail(f"{what} is longer than {MAX_ID_LENGTH} characters", field, **ctx)
     if _CONTROL.search(value):
         raise _fail(f"{what} must not contain control characters (NUL included)", field, **ctx)
+    if not _is_utf8(value):
+        raise _fail(f"{what} is not valid Unicode (lone surrogate)", field, **ctx)
     return value
+
+
+def _is_utf8(text: str) -> bool:
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def check_stream_id(stream_id: object) -> str:
     return check_identifier(stream_id, "stream_id", what="stream id", stream_id=None)
 
 
-def _check_value(value: Any, path: str, ctx: dict[str, Any]) -> None:
+def check_value(value: Any, path: str, ctx: dict[str, Any]) -> None:
     """Refuse what JSON or PostgreSQL cannot hold faithfully: NaN and
     infinities (msgspec would write null), NUL characters (jsonb refuses
-    them), non-string keys."""
+    them), lone surrogates, non-string keys. ``path`` names ``value`` in
+    errors ('' for a root whose fields are named bare)."""
     stack: list[tuple[Any, str]] = [(value, path)]
     while stack:
         item, where = stack.pop()
         if isinstance(item, str):
             if "\x00" in item:
                 raise _fail(f"NUL character in {where}", where, **ctx)
+            if not item.isascii() and not _is_utf8(item):
+                raise _fail(f"{where} is not valid Unicode (lone surrogate)", where, **ctx)
         elif isinstance(item, bool | int | None):
             continue
         elif isinstance(item, float):
@@ -95,12 +116,14 @@ def _check_value(value: Any, path: str, ctx: dict[str, Any]) -> None:
                     raise _fail(f"{where} has a non-string key {key!r}", where, **ctx)
                 if "\x00" in key:
                     raise _fail(f"NUL character in a key of {where}", where, **ctx)
-                stack.append((sub, f"{where}.{key}"))
+                if not key.isascii() and not _is_utf8(key):
+                    raise _fail(f"a key of {where} is not valid Unicode", where, **ctx)
+                stack.append((sub, f"{where}.{key}" if where else key))
         elif isinstance(item, list | tuple):
             stack.extend((sub, f"{where}[{i}]") for i, sub in enumerate(item))
         elif isinstance(item, msgspec.Struct):
             for name in item.__struct_fields__:
-                stack.append((getattr(item, name), f"{where}.{name}"))
+                stack.append((getattr(item, name), f"{where}.{name}" if where else name))
         elif isinstance(item, dt.datetime | dt.date | dt.time | uuid.UUID | bytes):
             continue
         else:
@@ -110,13 +133,18 @@ def _check_value(value: Any, path: str, ctx: dict[str, Any]) -> None:
                 raise _fail(f"{where}: {exc}", where, **ctx) from exc
 
 
-def _error_path(exc: msgspec.ValidationError) -> str:
-    """'.quantity' from "... - at `$.quantity`" or from "`quantity` must be …"."""
+def error_path(exc: msgspec.ValidationError) -> str:
+    """The path of a msgspec validation error, '' for the top level:
+    '.quantity' from "… - at `$.quantity`", from "Object missing required
+    field `quantity`" or from a __post_init__ "`quantity` must be …"."""
     text = str(exc)
+    path = ""
     if " - at `$" in text:
-        return text.rpartition(" - at `$")[2].rstrip("`")
-    match = re.match(r"`(\w+)`", text)
-    return f".{match.group(1)}" if match else ""
+        text, _, at = text.rpartition(" - at `$")
+        path = at.rstrip("`")
+    missing = re.search(r"missing required field `([^`]+)`", text)
+    named = missing or re.match(r"`(\w+)`", text)
+    return f"{path}.{named.group(1)}" if named else path
 
 
 def _as_time(value: Any, where: str, ctx: dict[str, Any]) -> str | None:
@@ -158,7 +186,7 @@ def _payload(
         except msgspec.ValidationError as exc:
             raise _fail(
                 f"{event.type} payload does not match its schema: {exc}",
-                f"{where}.data{_error_path(exc)}",
+                f"{where}.data{error_path(exc)}",
                 **ctx,
             ) from exc
         symbol = getattr(data, schema.symbol_field) if schema.symbol_field else None
@@ -222,23 +250,24 @@ def prepare_append(
                 **ctx,
             )
         data, symbol, when = _payload(event, registry, where, ctx)
-        _check_value(data, f"{where}.data", ctx)
+        check_value(data, f"{where}.data", ctx)
         if event.metadata is not None:
             if not isinstance(event.metadata, Mapping):
                 raise _fail("metadata must be a mapping", f"{where}.metadata", **ctx)
-            _check_value(event.metadata, f"{where}.metadata", ctx)
+            check_value(event.metadata, f"{where}.metadata", ctx)
         try:
             data_json = encoder.encode(data)
             meta_json = None if event.metadata is None else encoder.encode(event.metadata)
-        except (TypeError, msgspec.EncodeError) as exc:
+        except (TypeError, UnicodeEncodeError, msgspec.EncodeError) as exc:
             raise _fail(f"cannot encode as JSON: {exc}", f"{where}.data", **ctx) from exc
         if not data_json.startswith(b"{"):
             raise _fail("data must encode to a JSON object", f"{where}.data", **ctx)
         size = len(data_json) + (len(meta_json) if meta_json else 0)
         if size > max_event_bytes:
+            bigger = "metadata" if meta_json and len(meta_json) > len(data_json) else "data"
             raise _fail(
                 f"event is {size} bytes encoded; the limit is {max_event_bytes}",
-                f"{where}.data",
+                f"{where}.{bigger}",
                 **ctx,
             )
         if event.event_id is None:

@@ -15,6 +15,7 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
+from .errors import ValidationError
 from .events import default_registry
 
 __all__ = ["AuditEvent", "Trade"]
@@ -32,16 +33,23 @@ Timestamp = Annotated[dt.datetime, msgspec.Meta(tz=True)]
 _ID_PATTERN = re.compile(r"[^\x00-\x1f\x7f]{1,200}")
 
 
+def _invalid(name: str, message: str) -> ValidationError:
+    # A ValueError too: msgspec turns it into its own ValidationError (with
+    # this message) when decoding, and a caller building a Struct in code
+    # gets the store's error, naming the field.
+    return ValidationError(f"`{name}` {message}", field=name, operation="validate")
+
+
 def _finite(name: str, value: Decimal) -> None:
     if not isinstance(value, Decimal) or not value.is_finite():
-        raise ValueError(f"`{name}` must be a finite decimal, got {value!r}")
+        raise _invalid(name, f"must be a finite decimal, got {value!r}")
 
 
 def _check_id(name: str, value: str) -> None:
     # Meta constraints are checked on decode, not on construction: a Struct
     # built in code is checked here too.
     if not isinstance(value, str) or not _ID_PATTERN.fullmatch(value) or not value.strip():
-        raise ValueError(f"`{name}` must be non-empty text without control characters")
+        raise _invalid(name, "must be non-empty text without control characters")
 
 
 class Trade(msgspec.Struct, frozen=True, kw_only=True):
@@ -64,13 +72,15 @@ class Trade(msgspec.Struct, frozen=True, kw_only=True):
         for name in ("quantity", "price", "fees"):
             _finite(name, getattr(self, name))
         if self.quantity <= 0:
-            raise ValueError(f"`quantity` must be > 0, got {self.quantity}")
+            raise _invalid("quantity", f"must be > 0, got {self.quantity}")
         if self.price < 0:
-            raise ValueError(f"`price` must be >= 0, got {self.price}")
+            raise _invalid("price", f"must be >= 0, got {self.price}")
         if self.fees < 0:
-            raise ValueError(f"`fees` must be >= 0, got {self.fees}")
+            raise _invalid("fees", f"must be >= 0, got {self.fees}")
+        if self.order_id is not None:
+            _check_id("order_id", self.order_id)
         if self.executed_at.tzinfo is None:
-            raise ValueError("`executed_at` must be timezone-aware")
+            raise _invalid("executed_at", "must be timezone-aware")
 
 
 class AuditEvent(msgspec.Struct, frozen=True, kw_only=True):
@@ -91,7 +101,7 @@ class AuditEvent(msgspec.Struct, frozen=True, kw_only=True):
         _check_id("symbol", self.symbol)
         _check_id("actor", self.actor)
         if self.occurred_at.tzinfo is None:
-            raise ValueError("`occurred_at` must be timezone-aware")
+            raise _invalid("occurred_at", "must be timezone-aware")
 
 
 TRADE_EXECUTED = "TradeExecuted"

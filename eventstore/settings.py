@@ -6,7 +6,9 @@ Every field can be overridden from the environment as ``EVENTSTORE_<FIELD>``
 
 from __future__ import annotations
 
+import math
 import os
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -66,7 +68,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             ("max_batch_events", self.max_batch_events > 0),
         ]
         for name, ok in checks:
-            if not ok:
+            value = getattr(self, name)
+            if not ok or (isinstance(value, float) and not math.isfinite(value)):
                 raise ValidationError(
                     f"invalid setting {name}={getattr(self, name)!r}",
                     field=name,
@@ -86,9 +89,13 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         try:
             return msgspec.convert(values, cls, strict=False)
         except msgspec.ValidationError as exc:
-            field = str(exc).rpartition("$.")[2] or None
+            if isinstance(exc.__cause__, ValidationError):  # from __post_init__
+                raise exc.__cause__ from None
+            match = re.search(r"\$\.(\w+)", str(exc))
             raise ValidationError(
-                f"invalid setting: {exc}", field=field, operation="settings"
+                f"invalid setting: {exc}",
+                field=match.group(1) if match else None,
+                operation="settings",
             ) from exc
 
     def connection_options(self) -> str:

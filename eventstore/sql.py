@@ -138,3 +138,32 @@ SELECT stream_id, stream_version, position,
 VERIFY_COUNT: Final = """
 SELECT count(*), count(DISTINCT stream_id) FROM utcp.stored_events
  WHERE (%(stream_id)s::text IS NULL OR stream_id = %(stream_id)s)"""
+
+# Anchors (sqitch/deploy/chain_anchors.sql): digests of the global log.
+ANCHOR: Final = """
+SELECT anchor_id, through_tx::text || '/' || through_position::text, events, digest, created_at
+  FROM utcp.anchor_log()"""
+
+# Recompute every anchor from the events it covers; one row per mismatch.
+VERIFY_ANCHORS: Final = """
+WITH a AS (
+    SELECT anchor_id, through_tx, through_position, events, digest,
+           lag(through_tx, 1, '0'::xid8) OVER w AS after_tx,
+           lag(through_position, 1, 0::bigint) OVER w AS after_position,
+           lag(events, 1, 0::bigint) OVER w AS events_before,
+           lag(digest) OVER w AS digest_before
+      FROM utcp.chain_anchors
+    WINDOW w AS (ORDER BY anchor_id)
+)
+SELECT a.anchor_id, a.through_tx::text || '/' || a.through_position::text,
+       CASE WHEN d.events <> a.events - a.events_before
+            THEN format('covered %%s events, %%s found now', a.events - a.events_before, d.events)
+            ELSE 'digest does not match the events it covers' END
+  FROM a CROSS JOIN LATERAL utcp.log_digest(
+           a.after_tx, a.after_position, a.through_tx, a.through_position) d
+ WHERE d.events <> a.events - a.events_before
+    OR sha256(coalesce(a.digest_before, '\\x'::bytea) || d.digest) <> a.digest
+ ORDER BY a.anchor_id
+ LIMIT %(limit)s"""
+
+ANCHOR_COUNT: Final = "SELECT count(*) FROM utcp.chain_anchors"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import os
 import uuid
@@ -48,7 +49,14 @@ from .events import (
 from .retry import is_transient, run_with_retries
 from .settings import Settings
 
-__all__ = ["ChainProblem", "ChainReport", "EventStore", "StoreStatus"]
+__all__ = [
+    "Anchor",
+    "AnchorProblem",
+    "ChainProblem",
+    "ChainReport",
+    "EventStore",
+    "StoreStatus",
+]
 
 log = logging.getLogger("eventstore")
 
@@ -117,16 +125,38 @@ class ChainProblem(msgspec.Struct, frozen=True):
     problem: str
 
 
+class Anchor(msgspec.Struct, frozen=True):
+    """A digest of the global log up to ``checkpoint`` (:meth:`EventStore.anchor`).
+
+    Publish ``digest`` outside the database: an anchor kept elsewhere shows
+    any later change to the events it covers, even by the table's owner.
+    """
+
+    anchor_id: int
+    checkpoint: str
+    events: int
+    digest: bytes
+    created_at: dt.datetime
+
+
+class AnchorProblem(msgspec.Struct, frozen=True):
+    anchor_id: int
+    checkpoint: str
+    problem: str
+
+
 class ChainReport(msgspec.Struct, frozen=True):
     """Result of :meth:`EventStore.verify_chain`."""
 
     events_checked: int
     streams_checked: int
     problems: tuple[ChainProblem, ...]
+    anchors_checked: int = 0
+    anchor_problems: tuple[AnchorProblem, ...] = ()
 
     @property
     def ok(self) -> bool:
-        return not self.problems
+        return not self.problems and not self.anchor_problems
 
 
 class StoreStatus(msgspec.Struct, frozen=True):
@@ -343,9 +373,10 @@ class EventStore:
         try:
             return run_with_retries(self.settings, work, on_retry=warn)
         except Exception as exc:
-            raise map_error(
-                exc, operation, stream_id=stream_id, idempotency_key=idempotency_key
-            ) from exc
+            mapped = map_error(exc, operation, stream_id=stream_id, idempotency_key=idempotency_key)
+            if mapped is exc:
+                raise  # already ours, with its own cause
+            raise mapped from exc
 
     # -- writing ------------------------------------------------------------
 
@@ -654,25 +685,49 @@ class EventStore:
     # -- operations ---------------------------------------------------------
 
     def verify_chain(self, stream_id: str | None = None, *, limit: int = 100) -> ChainReport:
-        """Recompute every hash and check every stream's chain: any changed,
-        removed or re-ordered event shows up as a problem."""
+        """Recompute every hash and check every stream's chain, and (for the
+        whole log) every anchor: a changed, removed or re-ordered event shows
+        up as a problem. A stream's newest events are covered by the anchors
+        taken after them (:meth:`anchor`)."""
         if stream_id is not None:
             check_stream_id(stream_id)
+        self._check_limit(limit, "verify_chain")
         params = {"stream_id": stream_id, "limit": limit}
 
         def work(_: int) -> ChainReport:
+            anchors: tuple[AnchorProblem, ...] = ()
+            anchors_checked = 0
             with self._pool.connection() as conn:
                 problems = conn.execute(sql.VERIFY_CHAIN, params).fetchall()
                 counts = conn.execute(sql.VERIFY_COUNT, params).fetchone()
+                if stream_id is None:
+                    rows = conn.execute(sql.VERIFY_ANCHORS, params).fetchall()
+                    anchors = tuple(AnchorProblem(*r) for r in rows)
+                    counted = conn.execute(sql.ANCHOR_COUNT).fetchone()
+                    anchors_checked = counted[0] if counted else 0
             assert counts is not None
             return ChainReport(
                 events_checked=counts[0],
                 streams_checked=counts[1],
                 problems=tuple(ChainProblem(*p) for p in problems),
+                anchors_checked=anchors_checked,
+                anchor_problems=anchors,
             )
 
         report: ChainReport = self._run("verify_chain", work, stream_id=stream_id)
         return report
+
+    def anchor(self) -> Anchor | None:
+        """Take an anchor over every event readers can see now (None while
+        the log is empty; the latest anchor when nothing new was committed)."""
+
+        def work(_: int) -> Anchor | None:
+            with self._pool.connection() as conn:
+                row = conn.execute(sql.ANCHOR).fetchone()
+            return None if row is None else Anchor(*row)
+
+        anchor: Anchor | None = self._run("anchor", work)
+        return anchor
 
     def status(self) -> StoreStatus:
         """Counts, the oldest running transaction, and the restore hazard."""

@@ -1,0 +1,371 @@
+"""Validation and encoding of appends, without a database: the field each
+refusal names, the idempotency fingerprint, the wire payload, and uuid7."""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+import time
+import uuid
+from decimal import Decimal
+from typing import Any
+
+import msgspec
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from eventstore import EventRegistry, NewEvent, Trade, ValidationError, default_registry
+from eventstore.codec import PreparedAppend, prepare_append
+from eventstore.events import uuid7
+
+NOW = dt.datetime(2024, 6, 3, 14, 30, tzinfo=dt.UTC)
+
+
+def prepare(
+    events: Any,
+    *,
+    stream: Any = "acct-1",
+    key: str | None = "k-1",
+    registry: EventRegistry = default_registry,
+    max_event_bytes: int = 1_000_000,
+    max_batch_events: int = 100,
+) -> PreparedAppend:
+    return prepare_append(
+        stream,
+        events,
+        registry=registry,
+        idempotency_key=key,
+        max_event_bytes=max_event_bytes,
+        max_batch_events=max_batch_events,
+    )
+
+
+def field_of(events: Any, **kwargs: Any) -> str | None:
+    with pytest.raises(ValidationError) as info:
+        prepare(events, **kwargs)
+    assert info.value.operation == "append"
+    return info.value.field
+
+
+def trade_dict(**changes: Any) -> dict[str, Any]:
+    data: dict[str, Any] = {
+        "trade_id": "t-1",
+        "portfolio_id": "p-1",
+        "symbol": "AAPL",
+        "side": "buy",
+        "quantity": "10",
+        "price": "187.25",
+        "executed_at": NOW.isoformat(),
+    }
+    data.update(changes)
+    return data
+
+
+# -- validation paths -------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"stream": ""}, "stream_id"),
+        ({"stream": " \t "}, "stream_id"),
+        ({"stream": "a\x00"}, "stream_id"),
+        ({"stream": "a\x7f"}, "stream_id"),
+        ({"stream": "a" * 201}, "stream_id"),
+        ({"stream": None}, "stream_id"),
+        ({"key": ""}, "idempotency_key"),
+        ({"key": "k\x00"}, "idempotency_key"),
+        ({"key": "k" * 201}, "idempotency_key"),
+    ],
+)
+def test_identifiers(kwargs: dict[str, Any], field: str) -> None:
+    assert field_of([NewEvent("A", {})], **kwargs) == field
+
+
+def test_identifier_limits_are_inclusive() -> None:
+    prepare([NewEvent("A", {})], stream="s" * 200, key="k" * 200)
+    prepare([NewEvent("A" + "b" * 127, {})])
+    assert field_of([NewEvent("A" + "b" * 128, {})]) == "events[0].type"
+
+
+@pytest.mark.parametrize(
+    ("events", "field"),
+    [
+        ([], "events"),
+        ((), "events"),
+        (NewEvent("A", {}), "events"),
+        ({"A": {}}, "events"),
+        (iter([NewEvent("A", {})]), "events"),
+        ([NewEvent("A", {}), "not an event"], "events[1]"),
+        ([NewEvent("", {})], "events[0].type"),
+        ([NewEvent("9A", {})], "events[0].type"),
+        ([NewEvent("A B", {})], "events[0].type"),
+        ([NewEvent("_A", {})], "events[0].type"),
+        ([NewEvent("A\x00", {})], "events[0].type"),
+        ([NewEvent(5, {})], "events[0].type"),  # type: ignore[arg-type]
+        ([NewEvent("A", [])], "events[0].data"),
+        ([NewEvent("A", "x")], "events[0].data"),
+        ([NewEvent("A", None)], "events[0].data"),
+        ([NewEvent("A", {}, [("k", "v")])], "events[0].metadata"),  # type: ignore[arg-type]
+        ([NewEvent("A", {}, event_id="x")], "events[0].event_id"),  # type: ignore[arg-type]
+        ([NewEvent("A", {1: "x"})], "events[0].data"),
+        ([NewEvent("A", {"a": {2: "x"}})], "events[0].data.a"),
+        ([NewEvent("A", {"x": math.nan})], "events[0].data.x"),
+        ([NewEvent("A", {"x": -math.inf})], "events[0].data.x"),
+        ([NewEvent("A", {"x": Decimal("NaN")})], "events[0].data.x"),
+        ([NewEvent("A", {"x": Decimal("-Infinity")})], "events[0].data.x"),
+        ([NewEvent("A", {"x": [0, [1, math.inf]]})], "events[0].data.x[1][1]"),
+        ([NewEvent("A", {"x": [{"y": {"z": math.nan}}]})], "events[0].data.x[0].y.z"),
+        ([NewEvent("A", {}, {"m": {"n": math.nan}})], "events[0].metadata.m.n"),
+        ([NewEvent("A", {"s": "\x00"})], "events[0].data.s"),
+        ([NewEvent("A", {"s": ["ok", "a\x00"]})], "events[0].data.s[1]"),
+        ([NewEvent("A", {"\x00": 1})], "events[0].data"),
+        ([NewEvent("A", {}, {"m": "\x00"})], "events[0].metadata.m"),
+        ([NewEvent("A", {"symbol": ""})], "events[0].data.symbol"),
+        ([NewEvent("A", {"symbol": None, "occurred_at": "soon"})], "events[0].data.occurred_at"),
+        ([NewEvent("A", {"occurred_at": "2024-01-01T00:00:00"})], "events[0].data.occurred_at"),
+        ([NewEvent("A", {"occurred_at": dt.date(2024, 1, 1)})], "events[0].data.occurred_at"),
+        ([NewEvent("A", {}), NewEvent("B", {"x": math.nan})], "events[1].data.x"),
+        ([NewEvent("A", {}, event_id=uuid.UUID(int=1))] * 2, "events[1].event_id"),
+        ([NewEvent("A", {"s": "\udc80"})], "events[0].data.s"),
+    ],
+)
+def test_events(events: Any, field: str) -> None:
+    assert field_of(events) == field
+
+
+@pytest.mark.parametrize(
+    ("changes", "field"),
+    [
+        ({"quantity": "0"}, "events[0].data.quantity"),
+        ({"quantity": "-1"}, "events[0].data.quantity"),
+        ({"quantity": "NaN"}, "events[0].data.quantity"),
+        ({"quantity": "x"}, "events[0].data.quantity"),
+        ({"price": "-0.01"}, "events[0].data.price"),
+        ({"price": "Infinity"}, "events[0].data.price"),
+        ({"fees": "-1"}, "events[0].data.fees"),
+        ({"side": "short"}, "events[0].data.side"),
+        ({"symbol": ""}, "events[0].data.symbol"),
+        ({"symbol": "A B"}, "events[0].data.symbol"),
+        ({"trade_id": ""}, "events[0].data.trade_id"),
+        ({"portfolio_id": "\x00"}, "events[0].data.portfolio_id"),
+        ({"order_id": ""}, "events[0].data.order_id"),
+        ({"executed_at": "2024-06-03T14:30:00"}, "events[0].data.executed_at"),
+        ({"executed_at": "not a time"}, "events[0].data.executed_at"),
+    ],
+)
+def test_registered_schema(changes: dict[str, Any], field: str) -> None:
+    assert field_of([NewEvent("TradeExecuted", trade_dict(**changes))]) == field
+
+
+def test_registered_schema_missing_field_names_it() -> None:
+    data = trade_dict()
+    del data["price"]
+    with pytest.raises(ValidationError) as info:
+        prepare([NewEvent("TradeExecuted", data)])
+    assert info.value.field is not None and info.value.field.startswith("events[0].data")
+    assert "price" in str(info.value)
+
+
+def test_registered_schema_refuses_other_structs() -> None:
+    class Other(msgspec.Struct):
+        symbol: str
+
+    assert field_of([NewEvent("TradeExecuted", Other("AAPL"))]) == "events[0].data"
+    trade = msgspec.convert(trade_dict(), Trade)
+    assert field_of([NewEvent("NotATrade", trade)]) == "events[0].type"
+
+
+def test_limits() -> None:
+    big = {"x": "y" * 100}
+    size = len(msgspec.json.encode(big))
+    prepare([NewEvent("A", big)], max_event_bytes=size)
+    assert field_of([NewEvent("A", big)], max_event_bytes=size - 1) == "events[0].data"
+    assert field_of([NewEvent("A", {}, big)], max_event_bytes=size) is not None
+    prepare([NewEvent("A", {})] * 3, max_batch_events=3)
+    assert field_of([NewEvent("A", {})] * 4, max_batch_events=3) == "events"
+
+
+def test_error_carries_the_context() -> None:
+    with pytest.raises(ValidationError) as info:
+        prepare([NewEvent("A", {"x": math.nan})], stream="acct-9", key="key-9")
+    error = info.value
+    assert (error.stream_id, error.idempotency_key) == ("acct-9", "key-9")
+    text = str(error)
+    assert "events[0].data.x" in text and "acct-9" in text and "key-9" in text
+
+
+# -- encoding ---------------------------------------------------------------------
+
+
+def test_wire_payload() -> None:
+    given_id = uuid.uuid4()
+    prepared = prepare(
+        [
+            NewEvent(
+                "Priced",
+                {
+                    "symbol": "AAPL",
+                    "occurred_at": "2024-01-01T10:00:00+01:00",
+                    "px": Decimal("1.10"),
+                },
+                {"m": 1},
+                event_id=given_id,
+            ),
+            NewEvent("TradeExecuted", trade_dict()),
+            NewEvent("Plain", {"n": 1}),
+        ]
+    )
+    wire = msgspec.json.decode(prepared.payload)
+    assert [w["type"] for w in wire] == ["Priced", "TradeExecuted", "Plain"]
+    assert wire[0]["id"] == str(given_id) == str(prepared.event_ids[0])
+    assert wire[0]["data"]["px"] == "1.10"
+    assert wire[0]["metadata"] == {"m": 1}
+    assert wire[0]["symbol"] == "AAPL"
+    assert dt.datetime.fromisoformat(wire[0]["occurred_at"]) == dt.datetime(
+        2024, 1, 1, 9, tzinfo=dt.UTC
+    )
+    assert wire[1]["symbol"] == "AAPL"
+    assert dt.datetime.fromisoformat(wire[1]["occurred_at"]) == NOW
+    assert wire[1]["data"]["quantity"] == "10"
+    assert "symbol" not in wire[2] and "occurred_at" not in wire[2] and "metadata" not in wire[2]
+    assert len(set(prepared.event_ids)) == 3
+    assert all(isinstance(i, uuid.UUID) for i in prepared.event_ids)
+
+
+# -- fingerprint ------------------------------------------------------------------
+
+
+def fingerprint(events: list[NewEvent], stream: str = "acct-1") -> bytes:
+    result = prepare(events, stream=stream, key="k")
+    assert result.fingerprint is not None
+    return result.fingerprint
+
+
+def test_no_key_no_fingerprint() -> None:
+    assert prepare([NewEvent("A", {})], key=None).fingerprint is None
+
+
+def test_fingerprint_ignores_key_order_and_generated_ids() -> None:
+    a = fingerprint([NewEvent("A", {"x": 1, "y": {"b": 2, "a": 1}}, {"m": 1, "n": 2})])
+    b = fingerprint([NewEvent("A", {"y": {"a": 1, "b": 2}, "x": 1}, {"n": 2, "m": 1})])
+    assert a == b
+    assert len(a) == 32
+    trade = msgspec.convert(trade_dict(), Trade)
+    assert fingerprint([NewEvent("TradeExecuted", trade)]) == fingerprint(
+        [NewEvent("TradeExecuted", dict(reversed(list(trade_dict().items()))))]
+    )
+
+
+BASE = [NewEvent("A", {"x": 1}, {"m": 1}), NewEvent("B", {"y": "2"})]
+
+
+@pytest.mark.parametrize(
+    ("stream", "events"),
+    [
+        ("acct-2", BASE),
+        ("acct-1", [NewEvent("A", {"x": 2}, {"m": 1}), BASE[1]]),
+        ("acct-1", [NewEvent("A", {"x": 1.0}, {"m": 1}), BASE[1]]),
+        ("acct-1", [NewEvent("A", {"x": "1"}, {"m": 1}), BASE[1]]),
+        ("acct-1", [NewEvent("A", {"x": 1}, {"m": 2}), BASE[1]]),
+        ("acct-1", [NewEvent("A", {"x": 1}), BASE[1]]),
+        ("acct-1", [NewEvent("A", {"x": 1}, {}), BASE[1]]),
+        ("acct-1", [NewEvent("C", {"x": 1}, {"m": 1}), BASE[1]]),
+        ("acct-1", [BASE[1], BASE[0]]),
+        ("acct-1", BASE[:1]),
+        ("acct-1", [*BASE, BASE[1]]),
+        ("acct-1", [NewEvent("A", {"x": 1}, {"m": 1}, event_id=uuid.UUID(int=7)), BASE[1]]),
+        # the boundaries between fields and events cannot be shifted
+        ("acct-1", [NewEvent("A", {"x": 1}, {"m": 1}), NewEvent("B", {"y": "2"}, {})]),
+    ],
+)
+def test_fingerprint_differs_for_different_requests(stream: str, events: list[NewEvent]) -> None:
+    assert fingerprint(events, stream) != fingerprint(BASE)
+
+
+TEXT = st.characters(codec="utf-8", exclude_characters="\x00")
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(alphabet=TEXT),
+    lambda inner: (
+        st.lists(inner, max_size=3)
+        | st.dictionaries(st.text(alphabet=TEXT, max_size=5), inner, max_size=3)
+    ),
+    max_leaves=10,
+)
+
+
+@settings(max_examples=100)
+@given(data=st.dictionaries(st.text(alphabet="abcdefgh", max_size=4), json_values, max_size=6))
+def test_fingerprint_is_stable_under_any_key_order(data: dict[str, Any]) -> None:
+    def reorder(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: reorder(value[k]) for k in reversed(list(value))}
+        if isinstance(value, list):
+            return [reorder(v) for v in value]
+        return value
+
+    assert fingerprint([NewEvent("A", data)]) == fingerprint([NewEvent("A", reorder(data))])
+
+
+# -- uuid7 --------------------------------------------------------------------------
+
+
+def test_uuid7_version_variant_and_time() -> None:
+    before = time.time_ns() // 1_000_000
+    value = uuid7()
+    after = time.time_ns() // 1_000_000
+    assert value.version == 7
+    assert value.variant == uuid.RFC_4122
+    ms = value.int >> 80
+    assert before <= ms <= after + 1
+
+
+def test_uuid7_is_strictly_increasing() -> None:
+    ids = [uuid7() for _ in range(20_000)]  # many per millisecond
+    assert len(set(ids)) == len(ids)
+    assert ids == sorted(ids)
+    assert [i.bytes for i in ids] == sorted(i.bytes for i in ids)
+    assert [str(i) for i in ids] == sorted(str(i) for i in ids)
+    assert all(i.version == 7 and i.variant == uuid.RFC_4122 for i in ids)
+
+
+def test_generated_event_ids_are_uuid7_in_batch_order() -> None:
+    prepared = prepare([NewEvent("A", {"n": i}) for i in range(50)], key=None)
+    assert all(i.version == 7 for i in prepared.event_ids)
+    assert list(prepared.event_ids) == sorted(prepared.event_ids)
+
+
+# -- registry ------------------------------------------------------------------------
+
+
+def test_registry() -> None:
+    class Opened(msgspec.Struct):
+        owner: str
+        at: dt.datetime
+
+    class Other(msgspec.Struct):
+        owner: str
+
+    registry = EventRegistry()
+    schema = registry.register("Opened", Opened, time_field="at")
+    assert schema.symbol_field is None  # Opened has no symbol field
+    assert registry.get("Opened") is schema
+    assert registry.for_struct(Opened) is schema
+    assert registry.names() == ["Opened"]
+    registry.register("Opened", Opened, time_field="at")  # again, the same: fine
+    with pytest.raises(ValueError, match="already registered"):
+        registry.register("Opened", Other)
+    with pytest.raises(ValueError, match="time_field"):
+        registry.register("Closed", Other, time_field="at")
+    # validated against its own registry, and its time field is extracted
+    wire = msgspec.json.decode(
+        prepare(
+            [NewEvent("Opened", {"owner": "o", "at": NOW.isoformat()})], registry=registry
+        ).payload
+    )
+    assert dt.datetime.fromisoformat(wire[0]["occurred_at"]) == NOW
+    with pytest.raises(ValidationError) as info:
+        prepare([NewEvent("Opened", {"owner": "o"})], registry=registry)
+    assert info.value.field is not None and info.value.field.startswith("events[0].data")
+    assert "TradeExecuted" in default_registry.names()

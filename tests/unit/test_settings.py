@@ -1,0 +1,148 @@
+"""Settings: production defaults, EVENTSTORE_* overrides, and invalid values
+refused with a ValidationError that names the setting."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import pytest
+
+from eventstore import Settings, ValidationError
+
+
+def test_defaults() -> None:
+    s = Settings()
+    assert (s.pool_min_size, s.pool_max_size) == (2, 10)
+    assert s.acquire_timeout == 10.0
+    assert s.max_lifetime == 3600.0
+    assert s.max_idle == 600.0
+    assert s.connect_timeout == 5.0
+    assert s.statement_timeout == 30.0
+    assert s.idle_in_transaction_session_timeout == 60.0
+    assert s.application_name == "eventstore"
+    assert (s.retry_attempts, s.retry_timeout) == (5, 30.0)
+    assert s.max_event_bytes == 1_048_576
+    assert s.max_batch_events == 10_000
+
+
+def test_from_env_without_variables_is_the_defaults() -> None:
+    assert Settings.from_env({}) == Settings()
+    assert Settings.from_env({"UNRELATED": "1", "EVENTSTORE_DSN": "postgresql://x"}) == Settings()
+
+
+def test_from_env_overrides_every_field() -> None:
+    env = {
+        "EVENTSTORE_POOL_MIN_SIZE": "1",
+        "EVENTSTORE_POOL_MAX_SIZE": "20",
+        "EVENTSTORE_ACQUIRE_TIMEOUT": "2.5",
+        "EVENTSTORE_MAX_LIFETIME": "120",
+        "EVENTSTORE_MAX_IDLE": "30",
+        "EVENTSTORE_CONNECT_TIMEOUT": "3",
+        "EVENTSTORE_STATEMENT_TIMEOUT": "0",
+        "EVENTSTORE_IDLE_IN_TRANSACTION_SESSION_TIMEOUT": "15.5",
+        "EVENTSTORE_APPLICATION_NAME": "trader",
+        "EVENTSTORE_RETRY_ATTEMPTS": "1",
+        "EVENTSTORE_RETRY_TIMEOUT": "5",
+        "EVENTSTORE_MAX_EVENT_BYTES": "4096",
+        "EVENTSTORE_MAX_BATCH_EVENTS": "50",
+    }
+    s = Settings.from_env(env)
+    assert s == Settings(
+        pool_min_size=1,
+        pool_max_size=20,
+        acquire_timeout=2.5,
+        max_lifetime=120.0,
+        max_idle=30.0,
+        connect_timeout=3.0,
+        statement_timeout=0.0,
+        idle_in_transaction_session_timeout=15.5,
+        application_name="trader",
+        retry_attempts=1,
+        retry_timeout=5.0,
+        max_event_bytes=4096,
+        max_batch_events=50,
+    )
+    assert isinstance(s.pool_max_size, int) and isinstance(s.acquire_timeout, float)
+
+
+def test_empty_variables_are_ignored_and_keyword_overrides_win() -> None:
+    env = {"EVENTSTORE_POOL_MAX_SIZE": "", "EVENTSTORE_RETRY_ATTEMPTS": "3"}
+    s = Settings.from_env(env, retry_attempts=7, application_name="x")
+    assert s.pool_max_size == 10
+    assert s.retry_attempts == 7
+    assert s.application_name == "x"
+
+
+def test_from_env_reads_os_environ_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("EVENTSTORE_POOL_MAX_SIZE", "17")
+    assert Settings.from_env().pool_max_size == 17
+
+
+def test_connection_options() -> None:
+    options = Settings(
+        statement_timeout=1.5, idle_in_transaction_session_timeout=60
+    ).connection_options()
+    assert "statement_timeout=1500" in options
+    assert "idle_in_transaction_session_timeout=60000" in options
+
+
+INVALID: list[tuple[str, Any]] = [
+    ("pool_min_size", -1),
+    ("pool_max_size", 0),
+    ("acquire_timeout", 0),
+    ("acquire_timeout", math.nan),
+    ("max_lifetime", -1),
+    ("max_idle", 0),
+    ("connect_timeout", 0),
+    ("statement_timeout", -1),
+    ("statement_timeout", math.inf),
+    ("idle_in_transaction_session_timeout", -0.5),
+    ("idle_in_transaction_session_timeout", math.inf),
+    ("retry_attempts", 0),
+    ("retry_timeout", 0),
+    ("max_event_bytes", 0),
+    ("max_batch_events", 0),
+]
+
+
+@pytest.mark.parametrize(("name", "value"), INVALID)
+def test_invalid_values_name_the_setting(name: str, value: Any) -> None:
+    with pytest.raises(ValidationError) as info:
+        Settings(**{name: value})
+    assert info.value.field == name
+    assert name in str(info.value)
+
+
+def test_pool_max_below_min_is_refused() -> None:
+    with pytest.raises(ValidationError) as info:
+        Settings(pool_min_size=5, pool_max_size=3)
+    assert info.value.field == "pool_max_size"
+    Settings(pool_min_size=5, pool_max_size=5)
+    Settings(pool_min_size=0, pool_max_size=1)
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "field"),
+    [
+        ("EVENTSTORE_POOL_MAX_SIZE", "abc", "pool_max_size"),
+        ("EVENTSTORE_POOL_MAX_SIZE", "1.5", "pool_max_size"),
+        ("EVENTSTORE_RETRY_ATTEMPTS", "many", "retry_attempts"),
+        ("EVENTSTORE_ACQUIRE_TIMEOUT", "fast", "acquire_timeout"),
+        ("EVENTSTORE_POOL_MAX_SIZE", "0", "pool_max_size"),
+        ("EVENTSTORE_RETRY_TIMEOUT", "-1", "retry_timeout"),
+        ("EVENTSTORE_ACQUIRE_TIMEOUT", "nan", "acquire_timeout"),
+        ("EVENTSTORE_STATEMENT_TIMEOUT", "inf", "statement_timeout"),
+    ],
+)
+def test_invalid_environment_values_name_the_setting(variable: str, value: str, field: str) -> None:
+    with pytest.raises(ValidationError) as info:
+        Settings.from_env({variable: value})
+    assert info.value.field == field, info.value.field
+    assert info.value.operation == "settings"
+
+
+def test_invalid_keyword_override_names_the_setting() -> None:
+    with pytest.raises(ValidationError) as info:
+        Settings.from_env({}, pool_min_size=4, pool_max_size=2)
+    assert info.value.field == "pool_max_size"
