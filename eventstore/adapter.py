@@ -4,17 +4,27 @@ queries over them, on top of the event store's public API."""
 from __future__ import annotations
 
 import datetime as dt
+from decimal import Decimal
 from typing import Final, TypeVar
 
 import msgspec
 
+from . import sql
 from .codec import check_value, error_path
 from .errors import StorageError, ValidationError
-from .events import AppendResult, NewEvent, StoredEvent
-from .schemas import TRADE_EXECUTED, AuditEvent, Trade
+from .events import NO_STREAM, STREAM_EXISTS, AppendResult, NewEvent, StoredEvent
+from .schemas import (
+    TRADE_EXECUTED,
+    AuditEvent,
+    CashDeposited,
+    CashWithdrawn,
+    PortfolioOpened,
+    Trade,
+    TradeCancelled,
+)
 from .store import EventStore
 
-__all__ = ["StorageAdapter"]
+__all__ = ["Portfolio", "Position", "StorageAdapter"]
 
 PORTFOLIO_CATEGORY: Final = "portfolio"
 AUDIT_CATEGORY: Final = "audit"
@@ -73,6 +83,32 @@ def _decoded(events: list[StoredEvent], cls: type[S], operation: str) -> list[S]
     return out
 
 
+class Position(msgspec.Struct, frozen=True):
+    """A row of utcp.positions (average-cost, signed quantity)."""
+
+    portfolio_id: str
+    symbol: str
+    quantity: Decimal
+    avg_cost: Decimal
+    realized_pnl: Decimal
+    fees: Decimal
+    trade_count: int
+    updated_at: dt.datetime
+
+
+class Portfolio(msgspec.Struct, frozen=True):
+    """A row of utcp.portfolios."""
+
+    portfolio_id: str
+    name: str
+    base_currency: str
+    cash: Decimal
+    realized_pnl: Decimal
+    fees: Decimal
+    opened_at: dt.datetime
+    updated_at: dt.datetime
+
+
 class StorageAdapter:
     """Saves trades and audit events as events, idempotently, and lists them.
 
@@ -102,6 +138,69 @@ class StorageAdapter:
         return self.store.append(
             audit_stream(event.symbol), [NewEvent(event.type, event)], idempotency_key=key
         )
+
+    def open_portfolio(
+        self, opened: PortfolioOpened, *, idempotency_key: str | None = None
+    ) -> AppendResult:
+        """The first event of ``portfolio-<id>`` (a second open is refused)."""
+        opened = _validated(opened, PortfolioOpened, "open_portfolio")
+        return self.store.append(
+            portfolio_stream(opened.portfolio_id),
+            [NewEvent(PortfolioOpened.EVENT_TYPE, opened)],
+            expected_version=NO_STREAM,
+            idempotency_key=idempotency_key or f"portfolio-opened:{opened.portfolio_id}",
+        )
+
+    def deposit_cash(
+        self, deposit: CashDeposited, *, idempotency_key: str | None = None
+    ) -> AppendResult:
+        deposit = _validated(deposit, CashDeposited, "deposit_cash")
+        return self._to_portfolio(
+            deposit.portfolio_id,
+            NewEvent(CashDeposited.EVENT_TYPE, deposit),
+            idempotency_key or f"deposit:{deposit.deposit_id}",
+        )
+
+    def withdraw_cash(
+        self, withdrawal: CashWithdrawn, *, idempotency_key: str | None = None
+    ) -> AppendResult:
+        withdrawal = _validated(withdrawal, CashWithdrawn, "withdraw_cash")
+        return self._to_portfolio(
+            withdrawal.portfolio_id,
+            NewEvent(CashWithdrawn.EVENT_TYPE, withdrawal),
+            idempotency_key or f"withdrawal:{withdrawal.withdrawal_id}",
+        )
+
+    def cancel_trade(
+        self, cancel: TradeCancelled, *, idempotency_key: str | None = None
+    ) -> AppendResult:
+        """Record that a trade is cancelled: the projections recompute its
+        position as if it had never happened."""
+        cancel = _validated(cancel, TradeCancelled, "cancel_trade")
+        return self._to_portfolio(
+            cancel.portfolio_id,
+            NewEvent(TradeCancelled.EVENT_TYPE, cancel),
+            idempotency_key or f"cancel:{cancel.trade_id}",
+        )
+
+    def _to_portfolio(self, portfolio_id: str, event: NewEvent, key: str) -> AppendResult:
+        # The portfolio's stream must exist: it starts with PortfolioOpened.
+        return self.store.append(
+            portfolio_stream(portfolio_id),
+            [event],
+            expected_version=STREAM_EXISTS,
+            idempotency_key=key,
+        )
+
+    def get_positions(self, portfolio_id: str) -> list[Position]:
+        """The portfolio's open and closed positions, by symbol, as projected
+        (they follow the log after the projection worker catches up)."""
+        rows = self.store.query("get_positions", sql.POSITIONS, (portfolio_id,))
+        return [Position(*row) for row in rows]
+
+    def get_portfolio(self, portfolio_id: str) -> Portfolio | None:
+        rows = self.store.query("get_portfolio", sql.PORTFOLIO, (portfolio_id,))
+        return Portfolio(*rows[0]) if rows else None
 
     def list_trades(
         self,

@@ -11,14 +11,21 @@ from __future__ import annotations
 import datetime as dt
 import re
 from decimal import Decimal
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import msgspec
 
 from .errors import ValidationError
 from .events import default_registry
 
-__all__ = ["AuditEvent", "Trade"]
+__all__ = [
+    "AuditEvent",
+    "CashDeposited",
+    "CashWithdrawn",
+    "PortfolioOpened",
+    "Trade",
+    "TradeCancelled",
+]
 
 #: Non-empty, no control characters (NUL included), at most 200 characters.
 Id = Annotated[str, msgspec.Meta(min_length=1, max_length=200, pattern=r"^[^\x00-\x1f\x7f]+$")]
@@ -54,6 +61,8 @@ def _check_id(name: str, value: str) -> None:
 
 class Trade(msgspec.Struct, frozen=True, kw_only=True):
     """An executed trade (stored as a ``TradeExecuted`` event)."""
+
+    EVENT_TYPE: ClassVar[str] = "TradeExecuted"
 
     trade_id: Id
     portfolio_id: Id
@@ -104,5 +113,91 @@ class AuditEvent(msgspec.Struct, frozen=True, kw_only=True):
             raise _invalid("occurred_at", "must be timezone-aware")
 
 
-TRADE_EXECUTED = "TradeExecuted"
+Currency = Annotated[str, msgspec.Meta(pattern=r"^[A-Z]{3,5}$")]
+
+
+def _positive(name: str, value: Decimal) -> None:
+    _finite(name, value)
+    if value <= 0:
+        raise _invalid(name, f"must be > 0, got {value}")
+
+
+class PortfolioOpened(msgspec.Struct, frozen=True, kw_only=True):
+    """A portfolio starts (the first event of ``portfolio-<portfolio_id>``)."""
+
+    EVENT_TYPE: ClassVar[str] = "PortfolioOpened"
+
+    portfolio_id: Id
+    name: Id
+    base_currency: Currency
+    opened_at: Timestamp
+
+    def __post_init__(self) -> None:
+        _check_id("portfolio_id", self.portfolio_id)
+        _check_id("name", self.name)
+        if self.opened_at.tzinfo is None:
+            raise _invalid("opened_at", "must be timezone-aware")
+
+
+class CashDeposited(msgspec.Struct, frozen=True, kw_only=True):
+    """Cash paid into a portfolio."""
+
+    EVENT_TYPE: ClassVar[str] = "CashDeposited"
+
+    deposit_id: Id
+    portfolio_id: Id
+    amount: Decimal
+    occurred_at: Timestamp
+
+    def __post_init__(self) -> None:
+        _check_id("deposit_id", self.deposit_id)
+        _check_id("portfolio_id", self.portfolio_id)
+        _positive("amount", self.amount)
+        if self.occurred_at.tzinfo is None:
+            raise _invalid("occurred_at", "must be timezone-aware")
+
+
+class CashWithdrawn(msgspec.Struct, frozen=True, kw_only=True):
+    """Cash taken out of a portfolio."""
+
+    EVENT_TYPE: ClassVar[str] = "CashWithdrawn"
+
+    withdrawal_id: Id
+    portfolio_id: Id
+    amount: Decimal
+    occurred_at: Timestamp
+
+    def __post_init__(self) -> None:
+        _check_id("withdrawal_id", self.withdrawal_id)
+        _check_id("portfolio_id", self.portfolio_id)
+        _positive("amount", self.amount)
+        if self.occurred_at.tzinfo is None:
+            raise _invalid("occurred_at", "must be timezone-aware")
+
+
+class TradeCancelled(msgspec.Struct, frozen=True, kw_only=True):
+    """A trade removed as if it had never happened (busted by the venue,
+    booked in error): positions are recomputed without it."""
+
+    EVENT_TYPE: ClassVar[str] = "TradeCancelled"
+
+    trade_id: Id
+    portfolio_id: Id
+    reason: str
+    occurred_at: Timestamp
+
+    def __post_init__(self) -> None:
+        _check_id("trade_id", self.trade_id)
+        _check_id("portfolio_id", self.portfolio_id)
+        if "\x00" in self.reason:
+            raise _invalid("reason", "must not contain NUL characters")
+        if self.occurred_at.tzinfo is None:
+            raise _invalid("occurred_at", "must be timezone-aware")
+
+
+TRADE_EXECUTED = Trade.EVENT_TYPE
+default_registry.register(PortfolioOpened.EVENT_TYPE, PortfolioOpened, time_field="opened_at")
+default_registry.register(CashDeposited.EVENT_TYPE, CashDeposited, time_field="occurred_at")
+default_registry.register(CashWithdrawn.EVENT_TYPE, CashWithdrawn, time_field="occurred_at")
 default_registry.register(TRADE_EXECUTED, Trade, time_field="executed_at")
+default_registry.register(TradeCancelled.EVENT_TYPE, TradeCancelled, time_field="occurred_at")

@@ -51,6 +51,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     max_event_bytes: int = 1_048_576
     #: Most events in one append.
     max_batch_events: int = 10_000
+    #: LISTEN/NOTIFY channel the store pokes after appends commit (a wake-up
+    #: hint for live readers, debounced, never inside an append); "" for none.
+    notify_channel: str = "utcp_events"
 
     def __post_init__(self) -> None:
         checks: list[tuple[str, bool]] = [

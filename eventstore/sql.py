@@ -42,6 +42,9 @@ SELECT {EVENT_COLUMNS}
 READ_ALL: Final = _READ_ALL.format(types="")
 READ_ALL_TYPES: Final = _READ_ALL.format(types="AND type = ANY(%s)")
 
+# A wake-up hint for live readers, sent after appends commit (eventstore.notify).
+NOTIFY: Final = "SELECT pg_notify(%s, '')"
+
 EVENTS_BY_ID: Final = """
 SELECT stream_id, stream_version, position, event_id
   FROM utcp.stored_events
@@ -167,3 +170,12 @@ SELECT a.anchor_id, a.through_tx::text || '/' || a.through_position::text,
  LIMIT %(limit)s"""
 
 ANCHOR_COUNT: Final = "SELECT count(*) FROM utcp.chain_anchors"
+
+# Read models (written by projections/, read here for the adapter).
+POSITIONS: Final = """
+SELECT portfolio_id, symbol, quantity, avg_cost, realized_pnl, fees, trade_count, updated_at
+  FROM utcp.positions WHERE portfolio_id = %s ORDER BY symbol"""
+
+PORTFOLIO: Final = """
+SELECT portfolio_id, name, base_currency, cash, realized_pnl, fees, opened_at, updated_at
+  FROM utcp.portfolios WHERE portfolio_id = %s"""

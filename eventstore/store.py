@@ -46,6 +46,7 @@ from .events import (
     _Expectation,
     default_registry,
 )
+from .notify import Notifier
 from .retry import is_transient, run_with_retries
 from .settings import Settings
 
@@ -254,6 +255,14 @@ class EventStore:
         self.settings = settings
         self.registry = registry
         self._guard = guard if guard is not None else _OrderGuard()
+        channel = settings.notify_channel
+        self._notifier = (
+            Notifier(lambda: self._notify(channel)) if channel and not pool.closed else None
+        )
+
+    def _notify(self, channel: str) -> None:
+        with self._pool.connection() as conn:
+            conn.execute(sql.NOTIFY, (channel,))
 
     # -- life cycle ---------------------------------------------------------
 
@@ -339,6 +348,8 @@ class EventStore:
 
     def close(self) -> None:
         """Close every connection. Idempotent."""
+        if self._notifier is not None:
+            self._notifier.close()
         self._pool.close()
 
     def __enter__(self) -> EventStore:
@@ -484,6 +495,8 @@ class EventStore:
         result: AppendResult = self._run(
             "append", attempt, stream_id=stream_id, idempotency_key=idempotency_key
         )
+        if self._notifier is not None and not result.duplicate:
+            self._notifier.poke()
         return result
 
     def _order_hazard(self) -> str | None:
@@ -662,6 +675,17 @@ class EventStore:
             "limit": limit,
         }
         return self._fetch_events("find_events", query, params)
+
+    def query(self, operation: str, query: Any, params: Any) -> list[tuple[Any, ...]]:
+        """Rows of a read-only query, with the store's retries and errors
+        (for read models built on the store, like the adapter's)."""
+
+        def work(_: int) -> list[tuple[Any, ...]]:
+            with self._pool.connection() as conn:
+                return conn.execute(query, params).fetchall()
+
+        rows: list[tuple[Any, ...]] = self._run(operation, work)
+        return rows
 
     @staticmethod
     def _check_limit(limit: object, operation: str, *, allow_none: bool = False) -> None:

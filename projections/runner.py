@@ -1,0 +1,218 @@
+"""The projection worker: reads the log after its checkpoint, in batches,
+and commits each batch's table writes and the new checkpoint together.
+
+* Exactly one active worker per projection: a session-level advisory lock,
+  held on the worker's own connection, which also does every write. A
+  second worker waits as a standby and takes over when the first one's
+  session ends (crash, kill, network loss). The checkpoint update is fenced
+  as well: it only moves from the checkpoint this worker read.
+* Wakes on LISTEN/NOTIFY (the store pokes the channel after appends) and
+  polls anyway, so a lost notification only costs latency.
+* Stops after the current batch when asked (SIGTERM in the CLI).
+* An event it cannot apply stops the projection with a ProjectionError;
+  the checkpoint stays just before that event, and the error is recorded
+  for ``eventstore project status``.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any, Final
+
+import psycopg
+
+from eventstore import EventStore, StoredEvent
+
+from . import sql
+from .errors import CheckpointMoved, ProjectionError
+from .sql import LIVE, Tables
+from .trading import TradingProjection
+
+__all__ = ["LOCK_CLASS", "ProjectionRunner", "parse_checkpoint"]
+
+log = logging.getLogger("projections")
+
+#: First key of the projections' advisory locks (the second: hashtext(name)).
+LOCK_CLASS: Final = 0x55544350 & 0x7FFFFFFF  # "UTCP"
+DEFAULT_BATCH: Final = 500
+
+Progress = Callable[[int, StoredEvent], None]
+
+
+def parse_checkpoint(checkpoint: str) -> tuple[str, int]:
+    tx, _, pos = checkpoint.partition("/")
+    return tx, int(pos)
+
+
+class ProjectionRunner:
+    """Runs one projection into one set of tables.
+
+    ``dsn`` is for the worker's own connections (the lock holder, and a
+    listener); the log is read through ``store``.
+    """
+
+    def __init__(
+        self,
+        store: EventStore,
+        dsn: str,
+        projection: TradingProjection | None = None,
+        *,
+        tables: Tables = LIVE,
+        checkpoint_name: str | None = None,
+        batch_size: int = DEFAULT_BATCH,
+        poll_interval: float = 1.0,
+        channel: str | None = None,
+    ) -> None:
+        self.store = store
+        self.dsn = dsn
+        self.projection = projection if projection is not None else TradingProjection()
+        self.tables = tables
+        self.name = checkpoint_name or self.projection.name
+        self.batch_size = batch_size
+        self.poll_interval = poll_interval
+        self.channel = channel if channel is not None else store.settings.notify_channel
+        self._conn: psycopg.Connection[Any] | None = None
+
+    # -- the lock ------------------------------------------------------------
+
+    def _connect(self) -> psycopg.Connection[Any]:
+        return psycopg.connect(
+            self.dsn,
+            autocommit=True,
+            application_name=f"eventstore-projection-{self.name}",
+        )
+
+    def acquire(self, stop: threading.Event | None = None, *, standby: float = 0.5) -> bool:
+        """Become the active worker: take the lock, waiting as a standby
+        (polling every ``standby`` s) until it is free or ``stop`` is set."""
+        conn = self._connect()
+        conn.execute(sql.ENSURE_CHECKPOINT, (self.name,))
+        while True:
+            row = conn.execute(
+                "SELECT pg_try_advisory_lock(%s, hashtext(%s))", (LOCK_CLASS, self.name)
+            ).fetchone()
+            if row is not None and row[0]:
+                self._conn = conn
+                log.info("projection %s: active worker", self.name)
+                return True
+            if stop is not None and stop.wait(standby):
+                conn.close()
+                return False
+            if stop is None:
+                time.sleep(standby)
+
+    def release(self) -> None:
+        if self._conn is not None:
+            self._conn.close()  # ends the session: the lock goes with it
+            self._conn = None
+
+    def __enter__(self) -> ProjectionRunner:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+    @property
+    def connection(self) -> psycopg.Connection[Any]:
+        if self._conn is None:
+            raise RuntimeError("acquire() the projection first")
+        return self._conn
+
+    # -- processing ----------------------------------------------------------
+
+    def checkpoint(self) -> str:
+        row = self.connection.execute(sql.READ_CHECKPOINT, (self.name,)).fetchone()
+        assert row is not None, "ENSURE_CHECKPOINT ran in acquire()"
+        return str(row[0])
+
+    def catch_up(
+        self,
+        stop: threading.Event | None = None,
+        *,
+        until: str | None = None,
+        progress: Progress | None = None,
+    ) -> int:
+        """Apply everything committed (or up to checkpoint ``until``); return
+        how many events were read. Stops between batches when ``stop`` is set."""
+        conn = self.connection
+        checkpoint = self.checkpoint()
+        done = 0
+        while stop is None or not stop.is_set():
+            events = self.store.read_all(after=checkpoint, limit=self.batch_size)
+            if until is not None:
+                limit = parse_checkpoint(until)
+                events = [e for e in events if _key(e) <= (int(limit[0]), limit[1])]
+            if not events:
+                break
+            checkpoint = self._apply(conn, checkpoint, events)
+            done += len(events)
+            if progress is not None:
+                progress(len(events), events[-1])
+        return done
+
+    def _apply(
+        self, conn: psycopg.Connection[Any], checkpoint: str, events: list[StoredEvent]
+    ) -> str:
+        from_tx, from_pos = parse_checkpoint(checkpoint)
+        last = events[-1]
+        to_tx, to_pos = parse_checkpoint(last.checkpoint)
+        try:
+            with conn.transaction():
+                self.projection.apply(conn, events, self.tables)
+                moved = conn.execute(
+                    sql.ADVANCE_CHECKPOINT,
+                    {
+                        "name": self.name,
+                        "tx": to_tx,
+                        "pos": to_pos,
+                        "count": len(events),
+                        "last_event_at": last.created_at,
+                        "from_tx": from_tx,
+                        "from_pos": from_pos,
+                    },
+                ).rowcount
+                if moved != 1:
+                    raise CheckpointMoved(
+                        f"projection {self.name!r}: the checkpoint moved away from "
+                        f"{checkpoint}: another worker is active",
+                        operation="project",
+                    )
+        except ProjectionError as exc:
+            conn.execute(sql.RECORD_ERROR, (str(exc), exc.event.event_id, self.name))
+            log.error("%s", exc)
+            raise
+        return last.checkpoint
+
+    def run(self, stop: threading.Event, *, progress: Progress | None = None) -> None:
+        """The long-running worker: standby until active, then catch up,
+        wait for a notification (or the poll interval), repeat, until
+        ``stop`` is set. Raises ProjectionError on an event it cannot apply."""
+        if not self.acquire(stop):
+            return
+        listener = self._connect() if self.channel else None
+        try:
+            if listener is not None:
+                listener.execute(
+                    psycopg.sql.SQL("LISTEN {}").format(psycopg.sql.Identifier(self.channel))
+                )
+            while not stop.is_set():
+                self.catch_up(stop, progress=progress)
+                if stop.is_set():
+                    break
+                if listener is not None:
+                    for _ in listener.notifies(timeout=self.poll_interval, stop_after=1):
+                        pass
+                else:
+                    stop.wait(self.poll_interval)
+        finally:
+            if listener is not None:
+                listener.close()
+            self.release()
+
+
+def _key(event: StoredEvent) -> tuple[int, int]:
+    tx, pos = parse_checkpoint(event.checkpoint)
+    return int(tx), pos

@@ -1,0 +1,147 @@
+"""SQL of the projections: read-model tables and checkpoints.
+
+Table names are parameters (:class:`Tables`): a rebuild writes the same
+rows into shadow tables, then swaps them in.
+"""
+
+from __future__ import annotations
+
+from typing import Final, LiteralString
+
+import msgspec
+from psycopg import sql
+
+__all__ = ["LIVE", "Tables", "shadow_tables"]
+
+SCHEMA: Final = "utcp"
+
+
+class Tables(msgspec.Struct, frozen=True):
+    """The names of one set of read-model tables in schema utcp."""
+
+    trades: str = "trades"
+    positions: str = "positions"
+    portfolios: str = "portfolios"
+
+    def ident(self, name: str) -> sql.Identifier:
+        return sql.Identifier(SCHEMA, getattr(self, name))
+
+    def names(self) -> tuple[str, ...]:
+        return (self.trades, self.positions, self.portfolios)
+
+
+LIVE: Final = Tables()
+
+
+def shadow_tables(suffix: str = "rebuild") -> Tables:
+    return Tables(
+        trades=f"trades__{suffix}",
+        positions=f"positions__{suffix}",
+        portfolios=f"portfolios__{suffix}",
+    )
+
+
+TRADE_COLUMNS: Final = (
+    "trade_id",
+    "portfolio_id",
+    "symbol",
+    "side",
+    "quantity",
+    "price",
+    "fees",
+    "executed_at",
+    "order_id",
+    "status",
+    "event_position",
+    "updated_at",
+)
+POSITION_COLUMNS: Final = (
+    "portfolio_id",
+    "symbol",
+    "quantity",
+    "avg_cost",
+    "realized_pnl",
+    "fees",
+    "trade_count",
+    "updated_at",
+)
+PORTFOLIO_COLUMNS: Final = (
+    "portfolio_id",
+    "name",
+    "base_currency",
+    "cash",
+    "realized_pnl",
+    "fees",
+    "opened_at",
+    "updated_at",
+)
+KEYS: Final = {
+    "trades": ("trade_id",),
+    "positions": ("portfolio_id", "symbol"),
+    "portfolios": ("portfolio_id",),
+}
+COLUMNS: Final = {
+    "trades": TRADE_COLUMNS,
+    "positions": POSITION_COLUMNS,
+    "portfolios": PORTFOLIO_COLUMNS,
+}
+
+
+def select_by(tables: Tables, table: str, where: LiteralString) -> sql.Composed:
+    """SELECT every column of ``table`` WHERE ``where`` (a fixed fragment)."""
+    return sql.SQL("SELECT {cols} FROM {table} WHERE {where}").format(
+        cols=sql.SQL(", ").join(map(sql.Identifier, COLUMNS[table])),
+        table=tables.ident(table),
+        where=sql.SQL(where),
+    )
+
+
+def upsert(tables: Tables, table: str) -> sql.Composed:
+    columns = COLUMNS[table]
+    keys = KEYS[table]
+    return sql.SQL(
+        "INSERT INTO {table} ({cols}) VALUES ({params}) ON CONFLICT ({keys}) DO UPDATE SET {sets}"
+    ).format(
+        table=tables.ident(table),
+        cols=sql.SQL(", ").join(map(sql.Identifier, columns)),
+        params=sql.SQL(", ").join(sql.Placeholder() * len(columns)),
+        keys=sql.SQL(", ").join(map(sql.Identifier, keys)),
+        sets=sql.SQL(", ").join(
+            sql.SQL("{c} = EXCLUDED.{c}").format(c=sql.Identifier(c))
+            for c in columns
+            if c not in keys
+        ),
+    )
+
+
+def delete_position(tables: Tables) -> sql.Composed:
+    return sql.SQL("DELETE FROM {t} WHERE portfolio_id = %s AND symbol = %s").format(
+        t=tables.ident("positions")
+    )
+
+
+# -- checkpoints ---------------------------------------------------------------
+
+ENSURE_CHECKPOINT: Final = """
+INSERT INTO utcp.projection_checkpoints (projection) VALUES (%s)
+ON CONFLICT (projection) DO NOTHING"""
+
+READ_CHECKPOINT: Final = """
+SELECT checkpoint_tx::text || '/' || checkpoint_position::text, events_processed
+  FROM utcp.projection_checkpoints WHERE projection = %s"""
+
+# Fenced: only moves from the checkpoint this worker read, so a worker that
+# lost its lock without noticing cannot apply a batch twice.
+ADVANCE_CHECKPOINT: Final = """
+UPDATE utcp.projection_checkpoints
+   SET checkpoint_tx = %(tx)s::xid8, checkpoint_position = %(pos)s,
+       events_processed = events_processed + %(count)s,
+       last_event_at = %(last_event_at)s, updated_at = now(),
+       last_error = NULL, last_error_at = NULL, last_error_event = NULL
+ WHERE projection = %(name)s
+   AND checkpoint_tx = %(from_tx)s::xid8 AND checkpoint_position = %(from_pos)s"""
+
+RECORD_ERROR: Final = """
+UPDATE utcp.projection_checkpoints
+   SET last_error = %s, last_error_at = now(), last_error_event = %s
+ WHERE projection = %s"""
