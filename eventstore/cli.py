@@ -10,10 +10,12 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import logging
 import math
 import os
 import signal
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
@@ -22,8 +24,13 @@ from types import FrameType
 from typing import Any, TextIO
 
 import msgspec
+import psycopg
 
-from .errors import EventStoreError, ValidationError
+from projections import CheckpointMoved, ProjectionRunner
+from projections.rebuild import PROJECTIONS, rebuild
+from projections.status import projection_status
+
+from .errors import EventStoreError, StorageUnavailable, ValidationError
 from .events import (
     ANY,
     NO_STREAM,
@@ -403,6 +410,469 @@ def _anchor(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- project ------------------------------------------------------------------
+
+#: ``project rebuild`` found rows that differ (reported; swapped unless --dry-run).
+EXIT_DIFFERENCES = 3
+DEFAULT_LOCK_TIMEOUT = 60.0
+#: ``project run``: after a lost connection, standby again after this delay.
+RECONNECT_DELAY = 1.0
+PROGRESS_WIDTH = 10
+#: Progress on a terminal is redrawn this often; elsewhere, one line per period.
+TTY_REDRAW_SECONDS = 0.1
+LOG_LINE_SECONDS = 2.0
+
+
+def progress_line(done: int, total: int, rate: float, width: int = PROGRESS_WIDTH) -> str:
+    """``[#####     ] 52% 12,345/23,456 events  4,321 ev/s``"""
+    fraction = 1.0 if total <= 0 else min(done / total, 1.0)
+    filled = int(fraction * width)
+    return (
+        f"[{'#' * filled}{' ' * (width - filled)}] {int(fraction * 100)}% "
+        f"{done:,}/{total:,} events  {rate:,.0f} ev/s"
+    )
+
+
+class ProgressDisplay:
+    """Events applied so far, on stderr: a bar redrawn in place on a
+    terminal, a plain line every few seconds otherwise (logs, pipes)."""
+
+    def __init__(self, label: str, stream: TextIO | None = None, tty: bool | None = None) -> None:
+        self.label = label
+        self.stream = stream if stream is not None else sys.stderr
+        self.tty = self.stream.isatty() if tty is None else tty
+        self.interval = TTY_REDRAW_SECONDS if self.tty else LOG_LINE_SECONDS
+        self.started = time.monotonic()
+        self.shown_at: float | None = None
+        self.width = 0
+        self.done = 0
+        self.total = 0
+        self.open = False
+
+    def update(self, done: int, total: int, *, force: bool = False) -> None:
+        self.done, self.total = done, total
+        now = time.monotonic()
+        if not force and self.shown_at is not None and now - self.shown_at < self.interval:
+            return
+        if not force and self.shown_at is None and not self.tty and done == 0:
+            return  # nothing to say yet
+        self.shown_at = now
+        elapsed = now - self.started
+        line = progress_line(done, total, done / elapsed if elapsed > 0 else 0.0)
+        if self.tty:
+            padding = " " * max(0, self.width - len(line))
+            self.width = len(line)
+            self.stream.write(f"\r{line}{padding}")
+            self.open = True
+        else:
+            self.stream.write(f"{self.label}: {line}\n")
+        self.stream.flush()
+
+    def finish(self) -> None:
+        """Show the final count (once) and end the line."""
+        if self.shown_at is None and self.done == 0 and not self.tty:
+            return
+        self.update(self.done, self.total, force=True)
+        if self.open:
+            self.stream.write("\n")
+            self.stream.flush()
+            self.open = False
+        self.shown_at = None
+        self.started = time.monotonic()
+
+
+class _GracefulStop:
+    """SIGTERM / SIGINT for the projection workers: the first asks to stop
+    after the current batch; a second stops at once (KeyboardInterrupt; the
+    batch's transaction rolls back, the checkpoint stays consistent).
+
+    The event is set from a helper thread: a handler runs between two
+    bytecodes of the main thread, which may hold the event's own lock."""
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+        self.signals = 0
+
+    def __call__(self, signum: int, frame: FrameType | None) -> None:
+        self.signals += 1
+        if self.signals > 1:
+            raise KeyboardInterrupt
+        threading.Thread(target=self.event.set, daemon=True).start()
+
+    @contextmanager
+    def installed(self) -> Iterator[None]:
+        with _handling_signals(self):
+            yield
+
+
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
+@contextmanager
+def _handling_signals(handler: Callable[[int, FrameType | None], None]) -> Iterator[None]:
+    previous = {signal.SIGTERM: signal.signal(signal.SIGTERM, handler)}
+    # SIGINT only where it is not ignored (a shell's background job).
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        previous[signal.SIGINT] = signal.signal(signal.SIGINT, handler)
+    try:
+        yield
+    finally:
+        for signum, old in previous.items():
+            signal.signal(signum, old)
+
+
+class _NoErrors(logging.Filter):
+    """The command reports errors itself, in one line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno < logging.ERROR
+
+
+def _projection_logging(level: int) -> None:
+    logger = logging.getLogger("projections")
+    for old in [h for h in logger.handlers if getattr(h, "_eventstore_cli", False)]:
+        logger.removeHandler(old)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("eventstore: %(message)s"))
+    handler.addFilter(_NoErrors())
+    handler._eventstore_cli = True  # type: ignore[attr-defined]
+    logger.addHandler(handler)
+    logger.setLevel(level)
+
+
+def _already_stopped() -> threading.Event:
+    """A stop flag already set: ``acquire`` then tries the lock once."""
+    stop = threading.Event()
+    stop.set()
+    return stop
+
+
+def _project_catch_up(args: argparse.Namespace) -> int:
+    _projection_logging(logging.WARNING)
+    dsn = _dsn(args)
+    stop = _GracefulStop()
+    with stop.installed(), _open_store(args) as store:
+        runner = ProjectionRunner(store, dsn, batch_size=args.batch_size)
+        name = runner.name
+        if args.wait:
+            if not runner.take_over(args.lock_timeout):
+                pid = projection_status(store, name).active_worker_pid
+                raise EventStoreError(
+                    f"projection {name!r}: a worker is active (pid {pid}) and did not step back "
+                    f"within {args.lock_timeout:g} s",
+                    operation="catch-up",
+                )
+        elif not runner.acquire(_already_stopped()):
+            pid = projection_status(store, name).active_worker_pid
+            raise EventStoreError(
+                f"projection {name!r}: a worker is active (pid {pid}); it keeps the tables "
+                "up to date (pass --wait to pause it and catch up here)",
+                operation="catch-up",
+            )
+        try:
+            total = projection_status(store, name).lag_events
+            display = ProgressDisplay("catch-up")
+            done = 0
+
+            def advance(count: int, _: StoredEvent) -> None:
+                nonlocal done
+                done += count
+                display.update(done, max(total, done))
+
+            runner.catch_up(stop.event, progress=advance)
+            display.update(done, done if not stop.event.is_set() else max(total, done))
+            display.finish()
+            checkpoint = runner.checkpoint()
+        finally:
+            runner.release()
+    if stop.event.is_set():
+        print(f"stopped: {done:,} events applied; checkpoint {checkpoint}")
+    else:
+        print(f"caught up: {done:,} events applied; checkpoint {checkpoint}")
+    return 0
+
+
+def _project_run(args: argparse.Namespace) -> int:
+    _projection_logging(logging.INFO)
+    dsn = _dsn(args)
+    stop = _GracefulStop()
+    err = sys.stderr
+    with stop.installed(), _open_store(args) as store:
+        runner = ProjectionRunner(
+            store, dsn, batch_size=args.batch_size, poll_interval=args.poll_interval
+        )
+        active = projection_status(store, runner.name).active_worker_pid
+        if active is not None:
+            print(
+                f"eventstore: projection {runner.name}: standby, a worker is active "
+                f"(pid {active}); taking over when it stops",
+                file=err,
+                flush=True,
+            )
+
+        def applied(count: int, last: StoredEvent) -> None:
+            print(
+                f"eventstore: projection {runner.name}: +{count} events, "
+                f"checkpoint {last.checkpoint}",
+                file=err,
+                flush=True,
+            )
+
+        while not stop.event.is_set():
+            try:
+                runner.run(stop.event, progress=applied if args.verbose else None)
+            except (
+                psycopg.OperationalError,
+                psycopg.InterfaceError,
+                StorageUnavailable,
+                CheckpointMoved,
+            ) as exc:
+                runner.release()
+                first = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
+                print(
+                    f"eventstore: projection {runner.name}: {first}; "
+                    f"standby again in {RECONNECT_DELAY:g} s",
+                    file=err,
+                    flush=True,
+                )
+                stop.event.wait(RECONNECT_DELAY)
+                continue
+            break
+    print(f"eventstore: projection {runner.name}: stopped", file=err, flush=True)
+    return 0
+
+
+def _project_status(args: argparse.Namespace) -> int:
+    with _open_store(args) as store:
+        status = projection_status(store, args.name)
+    code = EXIT_ERROR if status.last_error else 0
+    if args.json:
+        print(msgspec.json.encode(status).decode())
+        return code
+    lag = (
+        "caught up"
+        if status.lag_events == 0
+        else f"{status.lag_events:,} events, {status.lag_seconds:.1f} s behind"
+    )
+    print(f"projection:        {status.name}")
+    print(f"checkpoint:        {status.checkpoint}")
+    print(f"events processed:  {status.events_processed:,}")
+    print(f"lag:               {lag}")
+    if status.active_worker_pid is None:
+        print("worker:            none active (start one: eventstore project run)")
+    else:
+        print(f"worker:            active (pid {status.active_worker_pid}, its PostgreSQL backend)")
+    if status.rebuild_pid is not None:
+        print(f"rebuild:           in progress (pid {status.rebuild_pid})")
+    last = "-" if status.last_event_at is None else _time(status.last_event_at)
+    print(f"last event at:     {last}")
+    if status.last_error is None:
+        print("last error:        none")
+    else:
+        at = "-" if status.last_error_at is None else _time(status.last_error_at)
+        print(f"last error:        {status.last_error}")
+        print(f"                   at {at}, event {status.last_error_event}")
+        print("                   the projection is stopped before that event")
+    return code
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, dt.datetime):
+        return _time(value)
+    return str(value)
+
+
+def _row_text(row: dict[str, Any]) -> str:
+    return " ".join(f"{k}={_cell(v)}" for k, v in row.items())
+
+
+_PHASES = {
+    "pause": "waiting for the live worker to pause",
+    "sync": "live worker paused; bringing the live and rebuilt tables to one checkpoint",
+    "compare": "comparing the live and the rebuilt tables",
+    "swap": "swapping the rebuilt tables in (one transaction)",
+}
+
+
+def _project_rebuild(args: argparse.Namespace) -> int:
+    _projection_logging(logging.WARNING)
+    dsn = _dsn(args)
+    err = sys.stderr
+    display = ProgressDisplay("rebuild")
+    phase = ""
+
+    def progress(now: str, done: int, total: int) -> None:
+        nonlocal phase
+        if now == "rebuild" and phase in ("", "rebuild"):
+            phase = now
+            display.update(done, total, force=done == total and done > 0)
+            return
+        if now != phase and now in _PHASES:
+            if phase == "rebuild":
+                display.finish()
+            phase = now
+            print(f"rebuild: {_PHASES[now]}", file=err, flush=True)
+
+    with _handling_signals(_interrupt), _open_store(args) as store:
+        report = rebuild(
+            store,
+            dsn,
+            args.name,
+            progress=progress,
+            batch_size=args.batch_size,
+            dry_run=args.dry_run,
+            lock_timeout=args.lock_timeout,
+        )
+    code = 0 if report.ok else EXIT_DIFFERENCES
+    if args.json:
+        record = {**msgspec.structs.asdict(report), "ok": report.ok}
+        print(msgspec.json.encode(record).decode())
+        return code
+    rows = ", ".join(f"{table} {count:,}" for table, count in report.rows.items())
+    print(
+        f"rebuilt projection {report.name!r} from {report.events:,} events, at checkpoint "
+        f"{report.checkpoint}: {rows} rows ({report.seconds:.1f} s; "
+        f"live worker paused {report.paused_seconds:.1f} s)"
+    )
+    if report.live_error is not None:
+        print(f"NOT COMPARED: the live projection cannot reach the checkpoint: {report.live_error}")
+    elif not report.differences:
+        print("no differences: the live tables match the rebuild row for row")
+    else:
+        print(
+            f"DIFFERENCES: {len(report.differences)} row(s) differ between the live and the "
+            f"rebuilt tables at checkpoint {report.checkpoint}:"
+        )
+        for diff in report.differences:
+            key = ", ".join(f"{k}={v!r}" for k, v in diff.key.items())
+            print(f"  {diff.table} ({key}):")
+            if diff.live is None:
+                print("      missing from live; rebuilt: " + _row_text(diff.rebuilt or {}))
+            elif diff.rebuilt is None:
+                print("      only in live (not in the rebuild): " + _row_text(diff.live))
+            else:
+                for column in diff.columns():
+                    print(
+                        f"      {column}: live {_cell(diff.live[column])}  "
+                        f"rebuilt {_cell(diff.rebuilt[column])}"
+                    )
+    if report.swapped:
+        if report.ok:
+            print("swapped: the rebuilt tables are live")
+        else:
+            print(
+                "swapped anyway: the rebuilt tables (the whole log under the current rules) "
+                "are live now; the rows above were replaced"
+            )
+    else:
+        print("dry run: nothing swapped, the live tables are unchanged")
+    return code
+
+
+_REBUILD_HELP = f"""\
+Rebuild a projection from the start of the log without downtime.
+
+The rebuilt tables are filled in shadow tables while the live worker keeps
+running and readers keep reading the live tables. Then the live worker is
+paused (it steps back after its current batch; --lock-timeout bounds the
+wait), both sets of tables are brought to the same checkpoint and compared
+row by row, every column, and every differing row is printed: a difference
+means a bug, a changed rule or an edited live table. Unless --dry-run, the
+rebuilt tables are then swapped in, in one transaction (readers see the old
+tables or the new ones, never an empty or half-built one), EVEN WHEN ROWS
+DIFFER: the rebuild is the log under the current rules. Use --dry-run to
+see the differences first. On an error nothing is swapped and the shadow
+tables are removed.
+
+exit status: 0 no differences; {EXIT_DIFFERENCES} rows differed (printed; swapped unless
+--dry-run); 1 error (nothing swapped).
+"""
+
+
+def _add_project_parser(commands: Any) -> None:
+    names = sorted(PROJECTIONS)
+    project = commands.add_parser(
+        "project", help="projections (trades, positions, portfolios): workers, rebuild, status"
+    )
+    actions = project.add_subparsers(dest="project_command", required=True, metavar="ACTION")
+
+    catch_up = actions.add_parser(
+        "catch-up",
+        help="apply every committed event, then exit",
+        description="Apply every committed event to the projection, then exit 0. Fails at "
+        "once if a worker is active, unless --wait (which pauses it while this runs).",
+    )
+    catch_up.add_argument("--batch-size", type=positive_int, default=500, metavar="N")
+    catch_up.add_argument(
+        "--wait",
+        action="store_true",
+        help="if a worker is active, ask it to step back (up to --lock-timeout) and catch up here",
+    )
+    catch_up.add_argument(
+        "--lock-timeout",
+        type=positive_float,
+        default=DEFAULT_LOCK_TIMEOUT,
+        metavar="S",
+        help=f"with --wait: seconds to wait for the lock (default: {DEFAULT_LOCK_TIMEOUT:g})",
+    )
+    _add_dsn(catch_up)
+    catch_up.set_defaults(handler=_project_catch_up)
+
+    run = actions.add_parser(
+        "run",
+        help="the long-running worker (standby while another is active)",
+        description="Keep the projection up to date: wakes on new events (LISTEN/NOTIFY) and "
+        "polls anyway. With another worker active it waits as a standby and takes over when "
+        "that one stops. SIGTERM or SIGINT stops it after the current batch (exit 0); an event "
+        "it cannot apply stops it with exit 1.",
+    )
+    run.add_argument("--batch-size", type=positive_int, default=500, metavar="N")
+    run.add_argument(
+        "--poll-interval",
+        type=positive_float,
+        default=1.0,
+        metavar="S",
+        help="seconds between polls when no notification comes (default: 1)",
+    )
+    run.add_argument("--verbose", action="store_true", help="print a line per batch applied")
+    _add_dsn(run)
+    run.set_defaults(handler=_project_run)
+
+    rebuild = actions.add_parser(
+        "rebuild",
+        help="rebuild from the start of the log, compare, swap in (no downtime)",
+        description=_REBUILD_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    rebuild.add_argument("name", nargs="?", default="trading", choices=names, metavar="NAME")
+    rebuild.add_argument(
+        "--dry-run", action="store_true", help="rebuild and compare, but do not swap"
+    )
+    rebuild.add_argument("--batch-size", type=positive_int, default=1000, metavar="N")
+    rebuild.add_argument(
+        "--lock-timeout",
+        type=positive_float,
+        default=DEFAULT_LOCK_TIMEOUT,
+        metavar="S",
+        help=f"seconds to wait for the live worker to pause (default: {DEFAULT_LOCK_TIMEOUT:g})",
+    )
+    _add_json(rebuild)
+    _add_dsn(rebuild)
+    rebuild.set_defaults(handler=_project_rebuild)
+
+    status = actions.add_parser(
+        "status",
+        help="checkpoint, lag, active worker, last error (exit 1 if an error stopped it)",
+    )
+    status.add_argument("name", nargs="?", default="trading", choices=names, metavar="NAME")
+    _add_json(status)
+    _add_dsn(status)
+    status.set_defaults(handler=_project_status)
+
+
 # -- parser -------------------------------------------------------------------
 
 
@@ -508,6 +978,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_json(anchor)
     _add_dsn(anchor)
     anchor.set_defaults(handler=_anchor)
+
+    _add_project_parser(commands)
     return parser
 
 

@@ -55,6 +55,20 @@ class PreparedAppend(msgspec.Struct, frozen=True):
     payload: bytes  # JSON array for p_events
     event_ids: tuple[uuid.UUID, ...]
     fingerprint: bytes | None  # only when an idempotency key is given
+    caller_ids: bool = False  # some event id was chosen by the caller
+
+    def contents(self) -> list[tuple[str, Any, Any]]:
+        """(type, data, metadata) of each event, as they read back."""
+        return [(e.type, e.data, e.metadata) for e in _wire_decoder.decode(self.payload)]
+
+
+class _DecodedWire(msgspec.Struct):
+    type: str
+    data: dict[str, Any]
+    metadata: dict[str, Any] | None = None
+
+
+_wire_decoder: Final = msgspec.json.Decoder(list[_DecodedWire])
 
 
 def _fail(message: str, field: str, **ctx: Any) -> ValidationError:
@@ -302,4 +316,5 @@ def prepare_append(
         payload=encoder.encode(wire),
         event_ids=tuple(ids),
         fingerprint=None if digest is None else digest.digest(),
+        caller_ids=any(event.event_id is not None for event in events),
     )

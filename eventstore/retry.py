@@ -72,5 +72,10 @@ def run_with_retries(
     ):
         with retry:
             attempt += 1
-            return work(attempt)
+            try:
+                return work(attempt)
+            except Exception as exc:
+                if is_transient(exc) and attempt < settings.retry_attempts:
+                    on_retry(exc)
+                raise
     raise AssertionError("unreachable: stamina re-raises the last failure")  # pragma: no cover

@@ -11,7 +11,7 @@ from typing import Final
 
 from psycopg import sql
 
-APPEND: Final = "SELECT * FROM utcp.append_events(%s, %s, %s, %s, %s)"
+APPEND: Final = "SELECT * FROM utcp.append_events(%s, %s, %s, %s, %s, %s)"
 
 # Columns in StoredEvent's field order; checkpoint is "<tx_id>/<position>".
 EVENT_COLUMNS: Final = """
@@ -46,10 +46,10 @@ READ_ALL_TYPES: Final = _READ_ALL.format(types="AND type = ANY(%s)")
 NOTIFY: Final = "SELECT pg_notify(%s, '')"
 
 EVENTS_BY_ID: Final = """
-SELECT stream_id, stream_version, position, event_id
+SELECT stream_id, stream_version, position, event_id, type, data, metadata
   FROM utcp.stored_events
  WHERE event_id = ANY(%s)
- ORDER BY stream_version"""
+ ORDER BY stream_id, stream_version"""
 
 
 def find_events(
@@ -87,7 +87,7 @@ def find_events(
 SCHEMA_CHECK: Final = """
 SELECT to_regclass('utcp.stored_events') IS NOT NULL,
        to_regclass('utcp.idempotency_keys') IS NOT NULL,
-       to_regprocedure('utcp.append_events(text, bigint, text, bytea, jsonb)') IS NOT NULL"""
+       to_regprocedure('utcp.append_events(text, bigint, text, bytea, uuid, jsonb)') IS NOT NULL"""
 
 # A logical restore into a new cluster leaves stored transaction ids ahead
 # of the cluster's counter (DESIGN.md §4, "Restores").

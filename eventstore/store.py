@@ -228,7 +228,8 @@ def map_error(
             **ctx,
         )
     if state == "UT002":
-        return LogOrderHazard(message, **ctx)
+        hint = exc.diag.message_hint if isinstance(exc, psycopg.Error) else None
+        return LogOrderHazard(f"{message}. {hint}" if hint else message, **ctx)
     if state == "UT003" or (state or "").startswith("23"):
         return IntegrityViolation(message, **ctx)
     if state == "UT004" or (state or "").startswith("22"):
@@ -424,30 +425,34 @@ class EventStore:
             max_event_bytes=self.settings.max_event_bytes,
             max_batch_events=self.settings.max_batch_events,
         )
+        # Fixed before the first attempt, shared by the retries: it tells a
+        # retry its own earlier commit from another call's.
+        request_id = uuid.uuid4()
         params = (
             stream_id,
             expected,
             idempotency_key,
             prepared.fingerprint,
+            request_id,
             _JsonbBytes(prepared.payload),
         )
 
         def attempt(n: int) -> AppendResult:
             with self._pool.connection() as conn:
-                if n > 1:
-                    # The previous attempt may have committed before its
-                    # reply was lost: if our events are there, that was us.
-                    own = self._own_write(conn, stream_id, prepared)
-                    if own is not None:
-                        return own
+                # Without a key, a retry first looks for its own events: the
+                # previous attempt may have committed before its reply was
+                # lost. (With a key, the function itself finds the key and
+                # its request id.)
+                own = self._own_write(conn, n, stream_id, prepared, idempotency_key)
+                if own is not None:
+                    return own
                 for _ in range(MAX_STREAM_RACES):
                     try:
                         row = conn.execute(sql.APPEND, params, binary=True).fetchone()
                     except pg_errors.UniqueViolation as exc:
-                        if n > 1:
-                            own = self._own_write(conn, stream_id, prepared)
-                            if own is not None:
-                                return own
+                        own = self._own_write(conn, n, stream_id, prepared, idempotency_key)
+                        if own is not None:
+                            return own
                         constraint = exc.diag.constraint_name
                         if constraint == "stored_events_event_id_key":
                             raise DuplicateEventId(
@@ -466,12 +471,13 @@ class EventStore:
                             ) from exc
                         continue  # ANY / STREAM_EXISTS: take the next version
                     except psycopg.Error as exc:
-                        if exc.sqlstate != "UT001":  # raised by utcp.append_events()
+                        if exc.sqlstate == "UT002":  # raised by utcp.append_events()
+                            raise self._log_order_hazard(exc, stream_id, idempotency_key) from exc
+                        if exc.sqlstate != "UT001":
                             raise
-                        if n > 1:
-                            own = self._own_write(conn, stream_id, prepared)
-                            if own is not None:
-                                return own
+                        own = self._own_write(conn, n, stream_id, prepared, idempotency_key)
+                        if own is not None:
+                            return own
                         actual = int(exc.diag.message_detail or -1)
                         raise WrongExpectedVersion(
                             f"stream {stream_id!r} is at version {actual}, "
@@ -484,7 +490,7 @@ class EventStore:
                             sqlstate=exc.sqlstate,
                         ) from exc
                     assert row is not None
-                    return self._result(row, prepared, n, stream_id, idempotency_key)
+                    return self._result(row, prepared, request_id, stream_id, idempotency_key)
                 raise StorageUnavailable(
                     f"lost the race for stream {stream_id!r} {MAX_STREAM_RACES} times in a row",
                     operation="append",
@@ -533,11 +539,11 @@ class EventStore:
     def _result(
         row: tuple[Any, ...],
         prepared: PreparedAppend,
-        attempt: int,
+        request_id: uuid.UUID,
         stream_id: str,
         key: str | None,
     ) -> AppendResult:
-        outcome, stored_stream, first, last, positions, first_event_id, fingerprint = row
+        outcome, stored_stream, first, last, positions, stored_request, fingerprint = row
         if outcome == "k" and fingerprint != prepared.fingerprint:
             raise IdempotencyConflict(
                 f"idempotency key {key!r} was already used for a different request "
@@ -546,28 +552,58 @@ class EventStore:
                 stream_id=stream_id,
                 idempotency_key=key,
             )
-        # A key found on a retry, holding the ids this call generated, is
-        # this call's own first attempt: report the write, once.
-        duplicate = outcome == "k" and not (attempt > 1 and first_event_id == prepared.event_ids[0])
+        # A key holding this call's request id was written by this call's
+        # own earlier attempt: report the write, once, not a duplicate.
+        duplicate = outcome == "k" and stored_request != request_id
         return AppendResult(stored_stream, first, last, tuple(positions), duplicate)
 
     @staticmethod
     def _own_write(
-        conn: psycopg.Connection[Any], stream_id: str, prepared: PreparedAppend
+        conn: psycopg.Connection[Any],
+        attempt: int,
+        stream_id: str,
+        prepared: PreparedAppend,
+        key: str | None,
     ) -> AppendResult | None:
+        """On a retry without a key: this batch, if the previous attempt
+        committed it. Generated ids are this call's alone; ids the caller
+        chose count only if the stored events are this batch, to the letter."""
+        if attempt == 1 or key is not None:
+            return None
         rows = conn.execute(sql.EVENTS_BY_ID, (list(prepared.event_ids),)).fetchall()
         if not rows:
             return None
-        ours = {uuid.UUID(str(r[3])) for r in rows}
-        if len(rows) != len(prepared.event_ids) or any(r[0] != stream_id for r in rows):
-            raise IntegrityViolation(
+        same = (
+            len(rows) == len(prepared.event_ids)
+            and all(r[0] == stream_id for r in rows)
+            and [r[3] for r in rows] == list(prepared.event_ids)
+            and (
+                not prepared.caller_ids or [(r[4], r[5], r[6]) for r in rows] == prepared.contents()
+            )
+        )
+        if not same:
+            raise DuplicateEventId(
                 f"{len(rows)} of this batch's {len(prepared.event_ids)} event ids are "
-                "already in the log, not as this batch",
+                "already in the log, as other events",
                 operation="append",
                 stream_id=stream_id,
             )
-        assert ours == set(prepared.event_ids)
         return AppendResult(stream_id, rows[0][1], rows[-1][1], tuple(r[2] for r in rows))
+
+    def _log_order_hazard(
+        self, exc: psycopg.Error, stream_id: str, key: str | None
+    ) -> LogOrderHazard:
+        message = _first_line(exc)
+        if exc.diag.message_hint:
+            message = f"{message}. {exc.diag.message_hint}"
+        self._guard.hazard = message  # refuse every append until it is fixed
+        return LogOrderHazard(
+            message,
+            operation="append",
+            stream_id=stream_id,
+            idempotency_key=key,
+            sqlstate=exc.sqlstate,
+        )
 
     def _wrong_version(
         self,

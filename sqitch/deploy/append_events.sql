@@ -22,6 +22,8 @@ $$;
 --
 -- p_expected: NULL any version, -1 the stream must exist, n >= 0 the
 -- stream must be at version n now (0: must not exist).
+-- p_request_id: a nonce per call (the same for all its retries), kept with
+-- the key, so a retry can tell its own earlier commit from another call's.
 -- p_events: a JSON array of {id, type, data, metadata, symbol, occurred_at}.
 --
 -- outcome 'w': written now. 'k': the key was used before; the row carries
@@ -30,9 +32,10 @@ $$;
 -- UT002 log order hazard, 23505 on stored_events_pkey when a concurrent
 -- writer took the version first.
 CREATE FUNCTION utcp.append_events(
-    p_stream_id text, p_expected bigint, p_key text, p_fingerprint bytea, p_events jsonb)
+    p_stream_id text, p_expected bigint, p_key text, p_fingerprint bytea, p_request_id uuid,
+    p_events jsonb)
 RETURNS TABLE (outcome "char", stream_id text, first_version bigint, last_version bigint,
-               positions bigint[], first_event_id uuid, fingerprint bytea)
+               positions bigint[], request_id uuid, fingerprint bytea)
 LANGUAGE plpgsql SECURITY DEFINER
 -- Names below are schema-qualified and pg_catalog is searched first, so a
 -- caller's search_path cannot redirect anything.
@@ -42,7 +45,7 @@ DECLARE
     v_now     timestamptz := now();
     v_version bigint;
     v_head    bytea;
-    v_head_tx xid8;
+    v_max_tx  xid8;
     v_hash    bytea;
     v_hashes  bytea[] := '{}';
     v_positions bigint[];
@@ -58,20 +61,23 @@ BEGIN
         IF FOUND THEN RETURN; END IF;
     END IF;
 
-    SELECT e.stream_version, e.hash, e.tx_id INTO v_version, v_head, v_head_tx
+    -- A committed transaction always has an id below our snapshot's xmax.
+    -- A stored one at or above it means the log holds ids from another
+    -- cluster's counter (a logical restore): new events would sort before
+    -- old ones, and readers past those would never see them. One backward
+    -- step of the (tx_id, position) index.
+    SELECT max(e.tx_id) INTO v_max_tx FROM utcp.stored_events e;
+    IF v_max_tx >= pg_snapshot_xmax(pg_current_snapshot()) THEN
+        RAISE EXCEPTION 'the log holds transaction ids (up to %) ahead of this cluster''s', v_max_tx
+            USING ERRCODE = 'UT002',
+                  HINT = 'The log was restored logically into a new cluster: see docs/runbook.md, "Restores".';
+    END IF;
+
+    SELECT e.stream_version, e.hash INTO v_version, v_head
       FROM utcp.stored_events e
      WHERE e.stream_id = p_stream_id
      ORDER BY e.stream_version DESC LIMIT 1;
     v_version := coalesce(v_version, 0);
-
-    -- A committed transaction always has an id below our snapshot's xmax.
-    -- One at or above it means the cluster's counter went backwards (a
-    -- logical restore): new events would sort before old ones.
-    IF v_head_tx >= pg_snapshot_xmax(pg_current_snapshot()) THEN
-        RAISE EXCEPTION 'stream % holds transaction ids ahead of this cluster''s', p_stream_id
-            USING ERRCODE = 'UT002',
-                  HINT = 'The log was restored logically into a new cluster: see docs/runbook.md, "Restores".';
-    END IF;
 
     IF p_expected IS NOT NULL
        AND ((p_expected = -1 AND v_version = 0) OR (p_expected >= 0 AND p_expected <> v_version)) THEN
@@ -89,9 +95,10 @@ BEGIN
         -- Claim the key before writing events: a concurrent call with the
         -- same key waits here, then sees ours.
         INSERT INTO utcp.idempotency_keys AS k
-               (key, fingerprint, stream_id, first_version, last_version, first_event_id)
+               (key, fingerprint, stream_id, first_version, last_version, first_event_id,
+                request_id)
         VALUES (p_key, p_fingerprint, p_stream_id, v_version + 1, v_version + v_count,
-                (p_events -> 0 ->> 'id')::uuid)
+                (p_events -> 0 ->> 'id')::uuid, p_request_id)
         ON CONFLICT (key) DO NOTHING;
         IF NOT FOUND THEN
             RETURN QUERY SELECT * FROM utcp.idempotent_result(p_key);
@@ -148,7 +155,7 @@ BEGIN
     first_version := v_version + 1;
     last_version := v_version + v_count;
     positions := v_positions;
-    first_event_id := (p_events -> 0 ->> 'id')::uuid;
+    request_id := p_request_id;
     fingerprint := p_fingerprint;
     RETURN NEXT;
 END $$;
@@ -156,20 +163,20 @@ END $$;
 -- The stored result of an idempotency key (no row when the key is unused).
 CREATE FUNCTION utcp.idempotent_result(p_key text)
 RETURNS TABLE (outcome "char", stream_id text, first_version bigint, last_version bigint,
-               positions bigint[], first_event_id uuid, fingerprint bytea)
+               positions bigint[], request_id uuid, fingerprint bytea)
 LANGUAGE sql STABLE AS $$
     SELECT 'k'::"char", k.stream_id, k.first_version, k.last_version,
            (SELECT array_agg(e.position ORDER BY e.stream_version)
               FROM utcp.stored_events e
              WHERE e.stream_id = k.stream_id
                AND e.stream_version BETWEEN k.first_version AND k.last_version),
-           k.first_event_id, k.fingerprint
+           k.request_id, k.fingerprint
       FROM utcp.idempotency_keys k
      WHERE k.key = p_key
 $$;
 
-REVOKE ALL ON FUNCTION utcp.append_events(text, bigint, text, bytea, jsonb) FROM PUBLIC;
-GRANT EXECUTE ON FUNCTION utcp.append_events(text, bigint, text, bytea, jsonb) TO utcp_writer;
+REVOKE ALL ON FUNCTION utcp.append_events(text, bigint, text, bytea, uuid, jsonb) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION utcp.append_events(text, bigint, text, bytea, uuid, jsonb) TO utcp_writer;
 GRANT EXECUTE ON FUNCTION utcp.event_content(uuid, text, bigint, text, jsonb, jsonb, text, timestamptz, timestamptz)
     TO utcp_reader, utcp_writer, utcp_projector;
 

@@ -11,6 +11,7 @@ CREATE TABLE utcp.idempotency_keys (
     first_version   bigint      NOT NULL,
     last_version    bigint      NOT NULL,
     first_event_id  uuid        NOT NULL,
+    request_id      uuid        NOT NULL,  -- the writing call's nonce (its retries share it)
     created_at      timestamptz NOT NULL DEFAULT now(),
     CONSTRAINT idempotency_keys_pkey PRIMARY KEY (key),
     CONSTRAINT idempotency_keys_versions CHECK (first_version >= 1 AND last_version >= first_version)

@@ -163,7 +163,7 @@ def test_writer_role_appends_only_through_the_append_function(
         " has_table_privilege('utcp.stored_events', 'TRUNCATE'),"
         " has_table_privilege('utcp.idempotency_keys', 'INSERT'),"
         " has_function_privilege("
-        "   'utcp.append_events(text, bigint, text, bytea, jsonb)', 'EXECUTE')"
+        "   'utcp.append_events(text, bigint, text, bytea, uuid, jsonb)', 'EXECUTE')"
     ).fetchone()
     assert row == (True, False, False, False, False, False, True)
 

@@ -85,7 +85,7 @@ def test_round_trip_keeps_data_metadata_type_and_ids(store: EventStore, stream: 
     result = store.append(
         stream,
         [
-            NewEvent("CashDeposited", data, metadata, event_id=given_id),
+            NewEvent("FundsNoted", data, metadata, event_id=given_id),
             NewEvent("NoteTaken", {"text": "second"}),
         ],
         expected_version=NO_STREAM,
@@ -106,7 +106,7 @@ def test_round_trip_keeps_data_metadata_type_and_ids(store: EventStore, stream: 
     assert first.event_id == given_id
     assert isinstance(second.event_id, uuid.UUID)
     assert second.event_id != given_id
-    assert first.type == "CashDeposited"
+    assert first.type == "FundsNoted"
     assert second.type == "NoteTaken"
     assert first.data == {
         "amount": "100.10",  # Decimal travels as a string, exactly

@@ -12,20 +12,16 @@ import subprocess
 import sys
 import threading
 import uuid
-from collections import defaultdict
 from collections.abc import Iterator
-from decimal import Decimal
 from typing import Any
 
 import msgspec
 import psycopg
 import pytest
-from psycopg import sql
 
 from eventstore import EventStore, NewEvent, StoredEvent, StoreStatus, cli
-from eventstore.demo import generate_session
 
-from .conftest import admin_dsn, dsn_for, run_cli
+from .conftest import dsn_for, run_cli
 
 #: Generous: a subprocess on a loaded 2-core machine. Not a timing assertion,
 #: only a bound on how long a broken test can hang.
@@ -77,7 +73,7 @@ def test_append_and_read_round_trip(database_dsn: str, stream: str, store: Event
         database_dsn,
         "append",
         stream,
-        "CashDeposited",
+        "FundsNoted",
         "--data",
         '{"amount": 1000.25, "currency": "USD", "exact": "0.1000000000000000055"}',
         "--metadata",
@@ -89,7 +85,7 @@ def test_append_and_read_round_trip(database_dsn: str, stream: str, store: Event
         database_dsn,
         "append",
         stream,
-        "CashWithdrawn",
+        "FundsReleased",
         "--data",
         '{"amount": 12, "note": "fees"}',
         "--expected-version",
@@ -106,11 +102,11 @@ def test_append_and_read_round_trip(database_dsn: str, stream: str, store: Event
     lines = ok(database_dsn, "read", stream).splitlines()
     assert len(lines) == 3, lines
     assert re.fullmatch(
-        rf"\s*\d+  {re.escape(stream)} v1  CashDeposited  \d{{4}}-\d\d-\d\dT[\d:.]+Z  "
+        rf"\s*\d+  {re.escape(stream)} v1  FundsNoted  \d{{4}}-\d\d-\d\dT[\d:.]+Z  "
         r'\{"amount":1000.25,"currency":"USD","exact":"0.1000000000000000055"\}',
         lines[0],
     ), lines[0]
-    assert f"{stream} v2  CashWithdrawn" in lines[1]
+    assert f"{stream} v2  FundsReleased" in lines[1]
     assert lines[2].startswith(f"-- 2 event(s) of {stream}")
 
     # JSON lines: every StoredEvent field, bytes as hex, equal to the API's view.
@@ -519,91 +515,6 @@ def test_verify(database_dsn: str, stream: str, store: EventStore, tampered: Any
     (report,) = json_lines(proc.stdout)
     assert report["ok"] is False
     assert {p["stream_version"] for p in report["problems"]} >= {2}
-
-
-# -- the demo -------------------------------------------------------------------
-
-
-def run_demo(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "eventstore.demo", *args],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-
-
-def test_demo_records_a_session_once(writer_dsn: str, store: EventStore) -> None:
-    # As the least-privileged application role: the demo needs nothing more.
-    session = f"t{uuid.uuid4().hex[:8]}"
-    first = run_demo("--dsn", writer_dsn, "--session", session)
-    assert first.returncode == 0, first.stderr
-    assert first.stderr == ""
-    match = re.search(
-        r"(\d+) events \((\d+) trades, (\d+) audit events\): (\d+) new, (\d+) already",
-        first.stdout,
-    )
-    assert match, first.stdout
-    total, trades, audits, new, old = map(int, match.groups())
-    assert total >= 300 and trades + audits == total
-    assert (new, old) == (total, 0)
-    for name in ("growth", "macro", "income"):
-        portfolio = f"{name}-{session}"
-        shown = re.search(rf"^portfolio {portfolio} \(.*\): (\d+) trades", first.stdout, re.M)
-        assert shown, first.stdout
-        assert int(shown.group(1)) == store.stream_version(f"portfolio-{portfolio}") > 0
-    assert re.search(r"^  (AAPL|MSFT|NVDA|SPY|BTC-USD|ETH-USD|AMZN) ", first.stdout, re.M)
-    audit_lines = first.stdout.split("last 10 audit events (list_audit_events):\n")[1]
-    assert len(re.findall(r"^  \d\d:\d\d:\d\d\.\d{3}  ", audit_lines, re.M)) == 10
-    chains = r"hash chains of the session's \d+ streams \(\d+ events\): ok$"
-    assert re.search(chains, first.stdout, re.M), first.stdout
-    last = re.search(r"global log: last checkpoint (\d+/\d+)$", first.stdout, re.M)
-    assert last, first.stdout
-    assert store.read_all(after=last.group(1)) == []
-
-    again = run_demo("--dsn", writer_dsn, "--session", session)
-    assert again.returncode == 0, again.stderr
-    summary = f"{total} events ({trades} trades, {audits} audit events)"
-    assert f"{summary}: 0 new, {total} already recorded" in again.stdout
-    assert f"portfolio growth-{session} " in again.stdout
-
-
-def test_demo_session_is_deterministic_and_trades_both_ways() -> None:
-    one, two = generate_session("same"), generate_session("same")
-    assert one.records == two.records
-    assert generate_session("other").records != one.records
-    positions: dict[tuple[str, str], Decimal] = defaultdict(Decimal)
-    shorted = False
-    for trade in one.trades:
-        sign = 1 if trade.side == "buy" else -1
-        positions[(trade.portfolio_id, trade.symbol)] += sign * trade.quantity
-        shorted = shorted or positions[(trade.portfolio_id, trade.symbol)] < 0
-        assert trade.executed_at.tzinfo is not None
-    assert shorted
-    assert {t.side for t in one.trades} == {"buy", "sell"}
-    assert any(t.quantity != t.quantity.to_integral_value() for t in one.trades)  # crypto lots
-    kinds = {e.type for e in one.audit_events}
-    assert {"SignalGenerated", "DecisionMade", "RiskCheckPassed", "OrderPlaced"} <= kinds
-
-
-def test_demo_without_schema_says_so() -> None:
-    name = f"utcp_cli_empty_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(admin_dsn(), autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    try:
-        proc = run_demo("--dsn", dsn_for(name))
-    finally:
-        with psycopg.connect(admin_dsn(), autocommit=True) as conn:
-            conn.execute(
-                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
-            )
-    assert proc.returncode == 1
-    assert "Traceback" not in proc.stderr
-    (line,) = proc.stderr.strip().splitlines()
-    assert line.startswith("eventstore.demo: error: ")
-    assert "eventstore db deploy" in line
-    assert proc.stdout == ""
 
 
 def test_json_output_is_msgspec_decodable(database_dsn: str, stream: str) -> None:

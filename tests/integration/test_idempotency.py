@@ -50,7 +50,7 @@ def new_key() -> str:
 
 def deposit(amount: str, **extra: Any) -> list[NewEvent]:
     return [
-        NewEvent("CashDeposited", {"amount": amount, "currency": "USD", **extra}, {"actor": "bot"}),
+        NewEvent("FundsNoted", {"amount": amount, "currency": "USD", **extra}, {"actor": "bot"}),
         NewEvent("NoteTaken", {"text": f"deposited {amount}"}),
     ]
 
@@ -64,7 +64,7 @@ def test_same_key_same_request_returns_the_original_result(
     before = counts(admin)
     # a retry builds its events again: new objects, generated ids, other key order
     retry_events = [
-        NewEvent("CashDeposited", {"currency": "USD", "amount": "10"}, {"actor": "bot"}),
+        NewEvent("FundsNoted", {"currency": "USD", "amount": "10"}, {"actor": "bot"}),
         NewEvent("NoteTaken", {"text": "deposited 10"}),
     ]
     for _ in range(3):
@@ -110,7 +110,7 @@ def test_same_key_different_request_conflicts_and_writes_nothing(
     elif change == "extra_field":
         events = deposit("10", memo="x")
     elif change == "type":
-        events = [NewEvent("CashWithdrawn", events[0].data, events[0].metadata), events[1]]
+        events = [NewEvent("FundsReleased", events[0].data, events[0].metadata), events[1]]
     elif change == "metadata":
         events = [NewEvent(events[0].type, events[0].data, {"actor": "human"}), events[1]]
     elif change == "no_metadata":
