@@ -13,7 +13,7 @@ adapter, catch the trading projection up, and show the portfolios.
    zero), and a few cancellations of earlier trades. Everything goes
    through :class:`~eventstore.StorageAdapter` (``open_portfolio``,
    ``deposit_cash``, ``withdraw_cash``, ``save_trade``, ``cancel_trade``,
-   ``save_audit_event``), one event per append: about 4,000 events. The
+   ``save_audit_event``), one event per append: close to 4,000 events. The
    same session id always gives the same events with the same ids, so the
    adapter's idempotency keys make a re-run record nothing new.
 2. **Project.** :class:`projections.ProjectionRunner` takes the trading
@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import logging
 import os
 import random
 import sys
@@ -714,8 +715,8 @@ def project(
         return read, progress.finish()
     except ProjectionError as exc:
         raise DemoError(
-            f"{exc} -- the log holds an event the trading projection refuses "
-            "(see `eventstore project status`); run the demo against a fresh database"
+            f"{exc}. The log holds an event the trading projection refuses "
+            "(see `eventstore project status`): run the demo against a fresh database"
         ) from exc
     except psycopg.errors.UndefinedTable as exc:
         raise DemoError(
@@ -966,6 +967,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # The runner logs a projection error; the demo reports it once, itself.
+    logging.getLogger("projections").addHandler(logging.NullHandler())
     dsn = args.dsn or os.environ.get(DSN_ENV) or DEFAULT_DSN
     session_id = uuid.uuid4().hex[:12] if args.new_session else args.session
     try:

@@ -1,4 +1,4 @@
-"""The ``eventstore`` command line and the demo, run as a user runs them: as
+"""The ``eventstore`` command line, run as a user runs them: as
 subprocesses against the session's test database."""
 
 from __future__ import annotations
