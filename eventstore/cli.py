@@ -443,42 +443,43 @@ class ProgressDisplay:
         self.tty = self.stream.isatty() if tty is None else tty
         self.interval = TTY_REDRAW_SECONDS if self.tty else LOG_LINE_SECONDS
         self.started = time.monotonic()
-        self.shown_at: float | None = None
-        self.width = 0
         self.done = 0
         self.total = 0
-        self.open = False
+        self.shown_at: float | None = None
+        self.shown: tuple[int, int] | None = None
+        self.width = 0
 
-    def update(self, done: int, total: int, *, force: bool = False) -> None:
+    def update(self, done: int, total: int) -> None:
         self.done, self.total = done, total
         now = time.monotonic()
-        if not force and self.shown_at is not None and now - self.shown_at < self.interval:
-            return
-        if not force and self.shown_at is None and not self.tty and done == 0:
-            return  # nothing to say yet
+        if self.shown_at is None or now - self.shown_at >= self.interval:
+            self._show(now)
+
+    def finish(self) -> None:
+        """Show the final count and end the line."""
+        if self.shown != (self.done, self.total) and (self.done or self.tty):
+            self._show(time.monotonic())
+        if self.tty and self.shown is not None:
+            self.stream.write("\n")
+            self.stream.flush()
+        self.shown = None
+        self.shown_at = None
+        self.width = 0
+
+    def _show(self, now: float) -> None:
         self.shown_at = now
+        if self.shown == (self.done, self.total):
+            return
+        self.shown = (self.done, self.total)
         elapsed = now - self.started
-        line = progress_line(done, total, done / elapsed if elapsed > 0 else 0.0)
+        line = progress_line(self.done, self.total, self.done / elapsed if elapsed > 0 else 0.0)
         if self.tty:
             padding = " " * max(0, self.width - len(line))
             self.width = len(line)
             self.stream.write(f"\r{line}{padding}")
-            self.open = True
         else:
             self.stream.write(f"{self.label}: {line}\n")
         self.stream.flush()
-
-    def finish(self) -> None:
-        """Show the final count (once) and end the line."""
-        if self.shown_at is None and self.done == 0 and not self.tty:
-            return
-        self.update(self.done, self.total, force=True)
-        if self.open:
-            self.stream.write("\n")
-            self.stream.flush()
-            self.open = False
-        self.shown_at = None
-        self.started = time.monotonic()
 
 
 class _GracefulStop:
@@ -581,7 +582,7 @@ def _project_catch_up(args: argparse.Namespace) -> int:
                 display.update(done, max(total, done))
 
             runner.catch_up(stop.event, progress=advance)
-            display.update(done, done if not stop.event.is_set() else max(total, done))
+            display.done, display.total = done, max(total, done) if stop.event.is_set() else done
             display.finish()
             checkpoint = runner.checkpoint()
         finally:
@@ -708,7 +709,7 @@ def _project_rebuild(args: argparse.Namespace) -> int:
         nonlocal phase
         if now == "rebuild" and phase in ("", "rebuild"):
             phase = now
-            display.update(done, total, force=done == total and done > 0)
+            display.update(done, total)
             return
         if now != phase and now in _PHASES:
             if phase == "rebuild":
@@ -847,7 +848,14 @@ def _add_project_parser(commands: Any) -> None:
         description=_REBUILD_HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    rebuild.add_argument("name", nargs="?", default="trading", choices=names, metavar="NAME")
+    rebuild.add_argument(
+        "name",
+        nargs="?",
+        default="trading",
+        choices=names,
+        metavar="NAME",
+        help="the projection (default: trading)",
+    )
     rebuild.add_argument(
         "--dry-run", action="store_true", help="rebuild and compare, but do not swap"
     )
@@ -867,7 +875,14 @@ def _add_project_parser(commands: Any) -> None:
         "status",
         help="checkpoint, lag, active worker, last error (exit 1 if an error stopped it)",
     )
-    status.add_argument("name", nargs="?", default="trading", choices=names, metavar="NAME")
+    status.add_argument(
+        "name",
+        nargs="?",
+        default="trading",
+        choices=names,
+        metavar="NAME",
+        help="the projection (default: trading)",
+    )
     _add_json(status)
     _add_dsn(status)
     status.set_defaults(handler=_project_status)

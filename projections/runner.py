@@ -6,9 +6,14 @@ and commits each batch's table writes and the new checkpoint together.
   second worker waits as a standby and takes over when the first one's
   session ends (crash, kill, network loss). The checkpoint update is fenced
   as well: it only moves from the checkpoint this worker read.
+* A rebuild pauses the active worker: it queues for the lock
+  (:meth:`ProjectionRunner.take_over`, a blocking ``pg_advisory_lock``);
+  :meth:`ProjectionRunner.run` sees a queued session between batches and
+  while idle, lets the lock go and waits as a standby until it is free.
 * Wakes on LISTEN/NOTIFY (the store pokes the channel after appends) and
   polls anyway, so a lost notification only costs latency.
-* Stops after the current batch when asked (SIGTERM in the CLI).
+* Stops after the current batch when asked (SIGTERM in the CLI); while
+  idle, within WAKE_SLICE seconds whatever the poll interval.
 * An event it cannot apply stops the projection with a ProjectionError;
   the checkpoint stays just before that event, and the error is recorded
   for ``eventstore project status``.
@@ -38,6 +43,8 @@ log = logging.getLogger("projections")
 #: First key of the projections' advisory locks (the second: hashtext(name)).
 LOCK_CLASS: Final = 0x55544350 & 0x7FFFFFFF  # "UTCP"
 DEFAULT_BATCH: Final = 500
+#: While idle, the worker looks at ``stop`` and for a queued rebuild this often.
+WAKE_SLICE: Final = 0.5
 
 Progress = Callable[[int, StoredEvent], None]
 
@@ -104,6 +111,40 @@ class ProjectionRunner:
             if stop is None:
                 time.sleep(standby)
 
+    def take_over(self, timeout: float | None = None) -> bool:
+        """Queue for the lock (a blocking ``pg_advisory_lock``) for up to
+        ``timeout`` seconds (None: no limit); False on timeout. An active
+        :meth:`run` worker sees the queued session between batches and
+        steps back as a standby; the lock then goes to this session, not to
+        another standby (a waiting request is served first)."""
+        conn = self._connect()
+        try:
+            conn.execute(sql.ENSURE_CHECKPOINT, (self.name,))
+            millis = 0 if timeout is None else max(1, round(timeout * 1000))
+            conn.execute("SELECT set_config('lock_timeout', %s, false)", (f"{millis}ms",))
+            conn.execute("SELECT pg_advisory_lock(%s, hashtext(%s))", (LOCK_CLASS, self.name))
+            conn.execute("RESET lock_timeout")
+        except psycopg.errors.LockNotAvailable:
+            conn.close()
+            return False
+        except BaseException:
+            conn.close()
+            raise
+        self._conn = conn
+        log.info("projection %s: took over the lock", self.name)
+        return True
+
+    def lock_sessions(self) -> list[tuple[int, bool]]:
+        """(backend pid, granted) of the sessions holding or queued for the lock."""
+        rows = self.connection.execute(
+            sql.LOCK_SESSIONS, {"class": LOCK_CLASS, "name": self.name}
+        ).fetchall()
+        return [(int(pid), bool(granted)) for pid, granted in rows]
+
+    def pause_requested(self) -> bool:
+        """Another session is queued for this lock (a rebuild taking over)."""
+        return any(not granted for _, granted in self.lock_sessions())
+
     def release(self) -> None:
         if self._conn is not None:
             self._conn.close()  # ends the session: the lock goes with it
@@ -134,13 +175,17 @@ class ProjectionRunner:
         *,
         until: str | None = None,
         progress: Progress | None = None,
+        pausable: bool = False,
     ) -> int:
         """Apply everything committed (or up to checkpoint ``until``); return
-        how many events were read. Stops between batches when ``stop`` is set."""
+        how many events were read. Stops between batches when ``stop`` is
+        set, or, if ``pausable``, when another session queues for the lock."""
         conn = self.connection
         checkpoint = self.checkpoint()
         done = 0
         while stop is None or not stop.is_set():
+            if pausable and self.pause_requested():
+                break
             events = self.store.read_all(after=checkpoint, limit=self.batch_size)
             if until is not None:
                 limit = parse_checkpoint(until)
@@ -181,6 +226,11 @@ class ProjectionRunner:
                         operation="project",
                     )
         except ProjectionError as exc:
+            # The batch rolled back: apply the events before the refused one,
+            # so the checkpoint stops just before it, not at the batch start.
+            index = next((i for i, e in enumerate(events) if e.event_id == exc.event.event_id), 0)
+            if index > 0:
+                self._apply(conn, checkpoint, events[:index])
             conn.execute(sql.RECORD_ERROR, (str(exc), exc.event.event_id, self.name))
             log.error("%s", exc)
             raise
@@ -199,18 +249,39 @@ class ProjectionRunner:
                     psycopg.sql.SQL("LISTEN {}").format(psycopg.sql.Identifier(self.channel))
                 )
             while not stop.is_set():
-                self.catch_up(stop, progress=progress)
+                self.catch_up(stop, progress=progress, pausable=True)
                 if stop.is_set():
                     break
-                if listener is not None:
-                    for _ in listener.notifies(timeout=self.poll_interval, stop_after=1):
-                        pass
-                else:
-                    stop.wait(self.poll_interval)
+                if self.pause_requested():
+                    # A rebuild queued for the lock: step back as a standby;
+                    # the queued session gets the lock before any try-lock.
+                    log.info("projection %s: paused for a rebuild (standby)", self.name)
+                    self.release()
+                    if not self.acquire(stop):
+                        break
+                    continue
+                self._idle(listener, stop)
         finally:
             if listener is not None:
                 listener.close()
             self.release()
+
+    def _idle(self, listener: psycopg.Connection[Any] | None, stop: threading.Event) -> None:
+        """Wait for a notification or the poll interval, in WAKE_SLICE steps,
+        returning early when ``stop`` is set or a rebuild queues for the lock."""
+        deadline = time.monotonic() + self.poll_interval
+        while not stop.is_set():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            step = min(remaining, WAKE_SLICE)
+            if listener is not None:
+                if any(True for _ in listener.notifies(timeout=step, stop_after=1)):
+                    return
+            else:
+                stop.wait(step)
+            if self.pause_requested():
+                return
 
 
 def _key(event: StoredEvent) -> tuple[int, int]:

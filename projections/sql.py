@@ -141,7 +141,82 @@ UPDATE utcp.projection_checkpoints
  WHERE projection = %(name)s
    AND checkpoint_tx = %(from_tx)s::xid8 AND checkpoint_position = %(from_pos)s"""
 
+RESET_CHECKPOINT: Final = """
+UPDATE utcp.projection_checkpoints
+   SET checkpoint_tx = '0', checkpoint_position = 0, events_processed = 0,
+       last_event_at = NULL, updated_at = now(),
+       last_error = NULL, last_error_at = NULL, last_error_event = NULL
+ WHERE projection = %s"""
+
 RECORD_ERROR: Final = """
 UPDATE utcp.projection_checkpoints
    SET last_error = %s, last_error_at = now(), last_error_event = %s
  WHERE projection = %s"""
+
+# -- locks and status ----------------------------------------------------------
+
+# The sessions holding (granted) or queued for (not granted) a projection's
+# lock, pg_advisory_lock(class, hashtext(name)): in pg_locks, classid is the
+# first key, objid the second as an unsigned 32-bit number, objsubid 2.
+LOCK_SESSIONS: Final = """
+SELECT pid, granted FROM pg_locks
+ WHERE locktype = 'advisory'
+   AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
+   AND classid = %(class)s::bigint::oid
+   AND objid = (hashtext(%(name)s)::bigint & 4294967295)::oid
+   AND objsubid = 2
+ ORDER BY granted DESC, pid"""
+
+STATUS_CHECKPOINT: Final = """
+SELECT checkpoint_tx::text || '/' || checkpoint_position::text, events_processed,
+       last_event_at, updated_at, last_error, last_error_at, last_error_event
+  FROM utcp.projection_checkpoints WHERE projection = %s"""
+
+# Events a reader after this checkpoint can read now (the same horizon as
+# EventStore.read_all), and how old the oldest of them is.
+STATUS_LAG: Final = """
+SELECT count(*),
+       coalesce(greatest(0, extract(epoch FROM clock_timestamp() - min(created_at))), 0)::float8
+  FROM utcp.stored_events
+ WHERE (tx_id, position) > (%s::xid8, %s)
+   AND tx_id < pg_snapshot_xmin(pg_current_snapshot())"""
+
+STATUS_LOCKS: Final = """
+SELECT (SELECT pid FROM pg_locks
+         WHERE locktype = 'advisory' AND granted
+           AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
+           AND classid = %(class)s::bigint::oid
+           AND objid = (hashtext(%(name)s)::bigint & 4294967295)::oid
+           AND objsubid = 2
+         LIMIT 1),
+       (SELECT pid FROM pg_locks
+         WHERE locktype = 'advisory' AND granted
+           AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
+           AND classid = %(class)s::bigint::oid
+           AND objid = (hashtext(%(rebuild)s)::bigint & 4294967295)::oid
+           AND objsubid = 2
+         LIMIT 1)"""
+
+# -- rebuilds ------------------------------------------------------------------
+
+# The swap: the live row takes the rebuild's checkpoint and count (both are
+# at the same checkpoint then), and loses any error of the old tables.
+COPY_CHECKPOINT: Final = """
+UPDATE utcp.projection_checkpoints AS live
+   SET checkpoint_tx = rebuilt.checkpoint_tx,
+       checkpoint_position = rebuilt.checkpoint_position,
+       events_processed = rebuilt.events_processed,
+       last_event_at = rebuilt.last_event_at, updated_at = now(),
+       last_error = NULL, last_error_at = NULL, last_error_event = NULL
+  FROM utcp.projection_checkpoints AS rebuilt
+ WHERE live.projection = %s AND rebuilt.projection = %s"""
+
+DELETE_CHECKPOINT: Final = "DELETE FROM utcp.projection_checkpoints WHERE projection = %s"
+
+# A table's indexes: name and definition (to give a rebuilt table's indexes
+# the names of the live table's, which are the names of the Sqitch change).
+TABLE_INDEXES: Final = """
+SELECT c.relname, pg_get_indexdef(i.indexrelid)
+  FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
+ WHERE i.indrelid = to_regclass(%s)
+ ORDER BY c.relname"""
