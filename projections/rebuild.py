@@ -403,9 +403,7 @@ def _cleanup(builder: ProjectionRunner, shadow: Tables) -> None:
         log.warning("rebuild cleanup on the rebuild connection failed: %s", exc)
     try:
         with psycopg.connect(builder.dsn, autocommit=True) as conn:
-            row = conn.execute(
-                "SELECT pg_try_advisory_lock(%s, hashtext(%s))", (LOCK_CLASS, builder.name)
-            ).fetchone()
+            row = conn.execute(sql.TRY_LOCK, (LOCK_CLASS, builder.name)).fetchone()
             if row is not None and row[0]:
                 clean(conn)
     except psycopg.Error as exc:

@@ -96,20 +96,22 @@ class ProjectionRunner:
         """Become the active worker: take the lock, waiting as a standby
         (polling every ``standby`` s) until it is free or ``stop`` is set."""
         conn = self._connect()
-        conn.execute(sql.ENSURE_CHECKPOINT, (self.name,))
-        while True:
-            row = conn.execute(
-                "SELECT pg_try_advisory_lock(%s, hashtext(%s))", (LOCK_CLASS, self.name)
-            ).fetchone()
-            if row is not None and row[0]:
-                self._conn = conn
-                log.info("projection %s: active worker", self.name)
-                return True
-            if stop is not None and stop.wait(standby):
-                conn.close()
-                return False
-            if stop is None:
-                time.sleep(standby)
+        try:
+            conn.execute(sql.ENSURE_CHECKPOINT, (self.name,))
+            while True:
+                row = conn.execute(sql.TRY_LOCK, (LOCK_CLASS, self.name)).fetchone()
+                if row is not None and row[0]:
+                    self._conn = conn
+                    log.info("projection %s: active worker", self.name)
+                    return True
+                if stop is not None and stop.wait(standby):
+                    conn.close()
+                    return False
+                if stop is None:
+                    time.sleep(standby)
+        except BaseException:
+            conn.close()
+            raise
 
     def take_over(self, timeout: float | None = None) -> bool:
         """Queue for the lock (a blocking ``pg_advisory_lock``) for up to
@@ -122,7 +124,7 @@ class ProjectionRunner:
             conn.execute(sql.ENSURE_CHECKPOINT, (self.name,))
             millis = 0 if timeout is None else max(1, round(timeout * 1000))
             conn.execute("SELECT set_config('lock_timeout', %s, false)", (f"{millis}ms",))
-            conn.execute("SELECT pg_advisory_lock(%s, hashtext(%s))", (LOCK_CLASS, self.name))
+            conn.execute(sql.TAKE_LOCK, (LOCK_CLASS, self.name))
             conn.execute("RESET lock_timeout")
         except psycopg.errors.LockNotAvailable:
             conn.close()
@@ -232,8 +234,7 @@ class ProjectionRunner:
             if index > 0:
                 self._apply(conn, checkpoint, events[:index])
             conn.execute(sql.RECORD_ERROR, (str(exc), exc.event.event_id, self.name))
-            log.error("%s", exc)
-            raise
+            raise  # the caller reports it (once); status shows it from the table
         return last.checkpoint
 
     def run(self, stop: threading.Event, *, progress: Progress | None = None) -> None:

@@ -220,3 +220,7 @@ SELECT c.relname, pg_get_indexdef(i.indexrelid)
   FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
  WHERE i.indrelid = to_regclass(%s)
  ORDER BY c.relname"""
+
+# The worker lock: one active worker per projection (projections.runner).
+TRY_LOCK: Final = "SELECT pg_try_advisory_lock(%s, hashtext(%s))"
+TAKE_LOCK: Final = "SELECT pg_advisory_lock(%s, hashtext(%s))"
