@@ -67,7 +67,10 @@ BEGIN
     -- old ones, and readers past those would never see them. One backward
     -- step of the (tx_id, position) index.
     SELECT max(e.tx_id) INTO v_max_tx FROM utcp.stored_events e;
-    IF v_max_tx >= pg_snapshot_xmax(pg_current_snapshot()) THEN
+    -- (Our own transaction's id may be at or above xmax: a caller that
+    -- appends twice in one transaction is not a restore.)
+    IF v_max_tx >= pg_snapshot_xmax(pg_current_snapshot())
+       AND v_max_tx IS DISTINCT FROM pg_current_xact_id_if_assigned() THEN
         RAISE EXCEPTION 'the log holds transaction ids (up to %) ahead of this cluster''s', v_max_tx
             USING ERRCODE = 'UT002',
                   HINT = 'The log was restored logically into a new cluster: see docs/runbook.md, "Restores".';

@@ -1,0 +1,1 @@
+"""Benchmarks of the event store against raw psycopg (see bench/README.md)."""

@@ -1,0 +1,298 @@
+"""projections.rules against hand-computed values (docs/trading-rules.md)
+and against the independent reference model (tests/reference_model.py)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import decimal
+from decimal import Decimal
+from fractions import Fraction
+
+import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
+
+from projections.rules import (
+    PositionState,
+    apply_fill,
+    cash_effect,
+    replay_fills,
+    round_cost,
+)
+from tests.reference_model import avg_cost_rounded, fold_position, reference_model
+
+D = Decimal
+#: For the tests' own sums: exact or an exception, never a silent rounding.
+EXACT = decimal.Context(prec=500, traps=[decimal.Inexact, decimal.Rounded])
+Fill = tuple[str, Decimal, Decimal, Decimal]
+
+
+def chain(fills: list[Fill]) -> PositionState:
+    state = PositionState()
+    for side, q, price, fee in fills:
+        state = apply_fill(state, side, q, price, fee)  # type: ignore[arg-type]
+    return state
+
+
+def as_tuple(state: PositionState) -> tuple[Decimal, Decimal, Decimal, Decimal, int]:
+    return (state.quantity, state.avg_cost, state.realized_pnl, state.fees, state.trade_count)
+
+
+def same(a: tuple[Decimal | int, ...], b: tuple[Decimal | int, ...]) -> None:
+    """Exactly equal values (Decimal equality is exact: no tolerance)."""
+    assert a == b, f"{a} != {b}"
+
+
+# -- the rounding rule -----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("num", "den", "expected"),
+    [
+        ("41", "4", "10.250000000000"),  # 3 @ 10 + 1 @ 11: exact
+        ("60.03", "6", "10.005000000000"),
+        ("70.05", "7", "10.007142857143"),  # 10.007142857142|857…: rounds up
+        ("20", "3", "6.666666666667"),
+        ("10", "3", "3.333333333333"),  # rounds down
+        ("40.000000000002", "4", "10.000000000000"),  # tie …0|5 → even 0
+        ("40.000000000006", "4", "10.000000000002"),  # tie …1|5 → even 2
+        ("0.0000000000025", "1", "0.000000000002"),  # tie → even 2
+        ("0.0000000000035", "1", "0.000000000004"),  # tie → even 4
+        ("0.00000000000250001", "1", "0.000000000003"),  # just above a tie
+        ("0", "5", "0E-12"),
+    ],
+)
+def test_round_cost_hand_values(num: str, den: str, expected: str) -> None:
+    got = round_cost(D(num), D(den))
+    assert got == D(expected)
+    assert got.as_tuple().exponent == -12  # always 12 places
+    assert avg_cost_rounded(D(num), D(den)) == D(expected)
+
+
+@given(
+    num=st.decimals(min_value=0, max_value=10**12, places=8, allow_nan=False),
+    den=st.decimals(min_value=D("0.0001"), max_value=10**9, places=4, allow_nan=False),
+)
+@settings(max_examples=400)
+def test_round_cost_is_the_exact_quotient_rounded_once(num: Decimal, den: Decimal) -> None:
+    got = round_cost(num, den)
+    assert got == avg_cost_rounded(num, den)
+    # Within half a unit of the 12th place of the exact quotient.
+    assert abs(Fraction(got) - Fraction(num) / Fraction(den)) <= Fraction(1, 2 * 10**12)
+
+
+# -- apply_fill by hand -----------------------------------------------------------
+
+
+def test_buy_from_flat_and_add() -> None:
+    s = apply_fill(PositionState(), "buy", D(3), D(10), D("1.00"))
+    same(as_tuple(s), (D(3), D(10), D(0), D("1.00"), 1))
+    s = apply_fill(s, "buy", D(1), D(11), D("0.50"))
+    same(as_tuple(s), (D(4), D("10.25"), D(0), D("1.50"), 2))
+
+
+def test_partial_sell_keeps_avg_cost_and_realizes() -> None:
+    s = chain([("buy", D(4), D("10.25"), D(0)), ("sell", D(1), D(12), D("0.30"))])
+    same(as_tuple(s), (D(3), D("10.25"), D("1.75"), D("0.30"), 2))
+
+
+def test_closing_to_flat_zeroes_avg_cost() -> None:
+    s = chain([("buy", D(2), D(10), D(1)), ("sell", D(2), D(9), D(1))])
+    same(as_tuple(s), (D(0), D(0), D(-2), D(2), 2))
+
+
+def test_flip_long_to_short_opens_remainder_at_price() -> None:
+    s = chain([("buy", D(5), D(10), D(0)), ("sell", D(8), D("10.40"), D("1.25"))])
+    # closes 5 at 10.40: +2.00; the remaining 3 open a short at 10.40
+    same(as_tuple(s), (D(-3), D("10.40"), D(2), D("1.25"), 2))
+
+
+def test_short_add_cover_and_flip_to_long() -> None:
+    s = chain(
+        [
+            ("sell", D(2), D(20), D(0)),
+            ("sell", D(2), D(22), D(0)),  # short 4 @ 21
+            ("buy", D(1), D(19), D(0)),  # covers 1: +2 (short gains below its cost)
+            ("buy", D(1), D(23), D(0)),  # covers 1: -2
+        ]
+    )
+    same(as_tuple(s), (D(-2), D(21), D(0), D(0), 4))
+    s = apply_fill(s, "buy", D(5), D(20), D("0.10"))  # covers 2 (+2), flips: long 3 @ 20
+    same(as_tuple(s), (D(3), D(20), D(2), D("0.10"), 5))
+
+
+def test_fees_never_fold_into_avg_cost() -> None:
+    s = chain([("buy", D(1), D(100), D(50)), ("buy", D(1), D(200), D(70))])
+    assert s.avg_cost == D(150)
+    assert s.fees == D(120)
+    assert s.realized_pnl == 0
+
+
+def test_flip_price_is_not_rounded_but_flat_open_is() -> None:
+    price = D("1.0000000000004")  # 13 places
+    from_flat = apply_fill(PositionState(), "buy", D(1), price, D(0))
+    assert from_flat.avg_cost == D("1.000000000000")
+    flipped = chain([("sell", D(1), D(2), D(0)), ("buy", D(2), price, D(0))])
+    assert flipped.avg_cost == price
+
+
+def test_worked_example_chain_of_the_docs() -> None:
+    fills: list[Fill] = [
+        ("buy", D(3), D("10.00"), D("1.00")),
+        ("buy", D(3), D("10.01"), D("1.00")),
+        ("buy", D(1), D("10.02"), D("0.50")),
+        ("sell", D(2), D("10.50"), D("1.00")),
+        ("sell", D(8), D("10.40"), D("1.25")),
+        ("buy", D(3), D("10.10"), D("0.75")),
+    ]
+    expected = [
+        (D(3), D("10.000000000000"), D(0), D("1.00"), 1),
+        (D(6), D("10.005000000000"), D(0), D("2.00"), 2),
+        (D(7), D("10.007142857143"), D(0), D("2.50"), 3),
+        (D(5), D("10.007142857143"), D("0.985714285714"), D("3.50"), 4),
+        (D(-3), D("10.40"), D("2.949999999999"), D("4.75"), 5),
+        (D(0), D(0), D("3.849999999999"), D("5.50"), 6),
+    ]
+    state = PositionState()
+    for (side, q, price, fee), want in zip(fills, expected, strict=True):
+        state = apply_fill(state, side, q, price, fee)  # type: ignore[arg-type]
+        same(as_tuple(state), want)
+    # Cancelling the third buy: replayed from the remaining trades.
+    remaining = fills[:2] + fills[3:]
+    same(as_tuple(replay_fills(remaining)), (D(-1), D("10.40"), D("3.47"), D("5.00"), 5))  # type: ignore[arg-type]
+
+
+def test_cash_effect() -> None:
+    assert cash_effect("buy", D(3), D("10.01"), D("1.00")) == D("-31.03")
+    assert cash_effect("sell", D(8), D("10.40"), D("1.25")) == D("81.95")
+    assert cash_effect("sell", D(1), D(0), D("0.10")) == D("-0.10")
+
+
+def test_long_values_inside_the_documented_range_are_exact() -> None:
+    # ~22-25 significant digits each: inside the documented exact range.
+    q = D("1234567890123.456789012345")
+    p = D("9876543210.987654321098")
+    with decimal.localcontext(EXACT):
+        assert cash_effect("sell", q, p, D(0)) == q * p
+        assert cash_effect("buy", q, p, D("0.01")) == -(q * p) - D("0.01")
+        s = chain([("buy", q, p, D(0)), ("sell", q, p + 1, D(0))])
+        assert s.avg_cost == 0
+        assert s.realized_pnl == q  # (p + 1 - p)·q, exact
+
+
+# -- against the reference model ---------------------------------------------------
+
+quantities = st.one_of(
+    st.integers(1, 50).map(D),
+    st.decimals(min_value=D("0.0001"), max_value=1000, places=4, allow_nan=False),
+)
+prices = st.one_of(
+    st.decimals(min_value=0, max_value=1000, places=2, allow_nan=False),
+    st.decimals(min_value=D("0.000001"), max_value=10, places=6, allow_nan=False),
+    st.decimals(min_value=0, max_value=5, places=14, allow_nan=False),  # beyond 12 places
+)
+fees = st.decimals(min_value=0, max_value=5, places=2, allow_nan=False)
+sides = st.sampled_from(["buy", "sell"])
+fill_lists = st.lists(st.tuples(sides, quantities, prices, fees), max_size=40)
+
+
+def flip_heavy(fills: list[Fill]) -> list[Fill]:
+    """Make zero-crossings likely: every other trade reverses the whole position."""
+    out: list[Fill] = []
+    held = D(0)
+    for i, (drawn_side, drawn_q, price, fee) in enumerate(fills):
+        side, q = drawn_side, drawn_q
+        if i % 2 == 1 and held != 0:
+            side = "sell" if held > 0 else "buy"
+            q = abs(held) + (drawn_q if i % 4 == 1 else 0)  # flip, or close exactly to flat
+        held += q if side == "buy" else -q
+        out.append((side, q, price, fee))
+    return out
+
+
+@given(fills=st.one_of(fill_lists, fill_lists.map(flip_heavy)))
+@settings(max_examples=300)
+@example(
+    fills=[
+        ("buy", D(3), D("10.00"), D(1)),
+        ("buy", D(3), D("10.01"), D(1)),
+        ("buy", D(1), D("10.02"), D("0.50")),
+        ("sell", D(8), D("10.40"), D(0)),
+        ("buy", D(1), D("10.40"), D(0)),
+    ]
+)
+def test_apply_fill_chain_equals_reference_model(fills: list[Fill]) -> None:
+    product = chain(fills)
+    model = fold_position(fills)
+    same(
+        as_tuple(product),
+        (model.quantity, model.avg_cost, model.realized_pnl, model.fees, model.trade_count),
+    )
+    same(as_tuple(replay_fills(fills)), as_tuple(product))  # type: ignore[arg-type]
+    # Invariants that hold whatever the order: the signed quantity and the fees
+    # are plain sums; flat means avg_cost 0.
+    with decimal.localcontext(EXACT):
+        assert product.quantity == sum((q if s == "buy" else -q for s, q, _, _ in fills), D(0))
+        assert product.fees == sum((f for _, _, _, f in fills), D(0))
+    if product.quantity == 0:
+        assert product.avg_cost == 0
+
+
+@given(fills=fill_lists, data=st.data())
+@settings(max_examples=150)
+def test_cancellation_in_the_model_equals_replay_of_remaining(
+    fills: list[Fill], data: st.DataObject
+) -> None:
+    """The model fed events (with cancellations) gives the position that
+    replay_fills gives for the remaining trades, and the cash that
+    cash_effect sums to."""
+    at = dt.datetime(2024, 1, 1, tzinfo=dt.UTC).isoformat()
+    cancelled = data.draw(st.sets(st.integers(0, max(0, len(fills) - 1)), max_size=len(fills)))
+
+    def cancel(i: int) -> tuple[str, object]:
+        payload = {"trade_id": f"t{i}", "portfolio_id": "p", "reason": "", "occurred_at": at}
+        return ("TradeCancelled", payload)
+
+    opened = {"portfolio_id": "p", "name": "p", "base_currency": "USD", "opened_at": at}
+    events: list[tuple[str, object]] = [("PortfolioOpened", opened)]
+    for i, (side, q, price, fee) in enumerate(fills):
+        trade = {
+            "trade_id": f"t{i}",
+            "portfolio_id": "p",
+            "symbol": "X",
+            "side": side,
+            "quantity": str(q),
+            "price": str(price),
+            "fees": str(fee),
+            "executed_at": at,
+        }
+        events.append(("TradeExecuted", trade))
+        if i in cancelled and data.draw(st.booleans()):
+            events.append(cancel(i))  # right after the trade…
+    # …or at the end; some of them twice (a no-op).
+    events.extend(cancel(i) for i in sorted(cancelled))
+    trades, positions, portfolios = reference_model(events)  # type: ignore[arg-type]
+    remaining = [f for i, f in enumerate(fills) if i not in cancelled]
+    if remaining:
+        want = replay_fills(remaining)  # type: ignore[arg-type]
+        row = positions[("p", "X")]
+        same(
+            (
+                row["quantity"],
+                row["avg_cost"],
+                row["realized_pnl"],
+                row["fees"],
+                row["trade_count"],
+            ),
+            as_tuple(want),
+        )
+        assert portfolios["p"]["realized_pnl"] == want.realized_pnl
+    else:
+        assert positions == {}
+        assert portfolios["p"]["realized_pnl"] == 0
+    with decimal.localcontext(EXACT):
+        cash = sum((cash_effect(s, q, p, f) for s, q, p, f in remaining), D(0))  # type: ignore[arg-type]
+    assert portfolios["p"]["cash"] == cash
+    assert {t for t, r in trades.items() if r["status"] == "cancelled"} == {
+        f"t{i}" for i in cancelled
+    }
