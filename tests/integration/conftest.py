@@ -15,6 +15,7 @@ import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import psycopg
@@ -71,6 +72,23 @@ def run_cli(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
             f"eventstore {' '.join(args)} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}"
         )
     return proc
+
+
+@contextmanager
+def deployed_database(prefix: str) -> Iterator[str]:
+    """A throwaway database, deployed through `eventstore db deploy`, dropped
+    on exit (also when the body fails). Yields its DSN."""
+    _require_postgres()
+    name = f"{prefix}_{os.getpid()}_{uuid.uuid4().hex[:6]}"
+    dsn = dsn_for(name)
+    run_cli("db", "deploy", "--dsn", dsn)
+    try:
+        yield dsn
+    finally:
+        with psycopg.connect(admin_dsn(), autocommit=True) as conn:
+            conn.execute(
+                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+            )
 
 
 @pytest.fixture(scope="session")

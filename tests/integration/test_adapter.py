@@ -5,7 +5,6 @@ on a table large enough for the planner to care."""
 from __future__ import annotations
 
 import datetime as dt
-import os
 import uuid
 from collections.abc import Iterator
 from decimal import Decimal
@@ -27,7 +26,7 @@ from eventstore import (
     default_registry,
 )
 from eventstore import sql as store_sql
-from tests.integration.conftest import admin_dsn, dsn_for, run_cli
+from tests.integration.conftest import deployed_database
 
 T0 = dt.datetime(2024, 3, 4, 9, 30, tzinfo=dt.UTC)
 HOUR = dt.timedelta(hours=1)
@@ -325,21 +324,12 @@ SELECT gen_random_uuid(), s.stream_id, s.version, s.type, jsonb_build_object('g'
 @pytest.fixture(scope="module")
 def big_log() -> Iterator[psycopg.Connection[Any]]:
     """A throwaway database holding 60,000 events of three categories."""
-    name = f"utcp_explain_{os.getpid()}_{uuid.uuid4().hex[:6]}"
-    dsn = dsn_for(name)
-    run_cli("db", "deploy", "--dsn", dsn)
-    try:
-        with psycopg.connect(dsn, autocommit=True) as conn:
-            conn.execute(SEED)
-            conn.execute("ANALYZE utcp.stored_events")
-            row = conn.execute("SELECT count(*) FROM utcp.stored_events").fetchone()
-            assert row == (EVENTS,)
-            yield conn
-    finally:
-        with psycopg.connect(admin_dsn(), autocommit=True) as conn:
-            conn.execute(
-                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
-            )
+    with deployed_database("utcp_explain") as dsn, psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(SEED)
+        conn.execute("ANALYZE utcp.stored_events")
+        row = conn.execute("SELECT count(*) FROM utcp.stored_events").fetchone()
+        assert row == (EVENTS,)
+        yield conn
 
 
 def find_events_query(**filters: Any) -> tuple[sql.Composed, dict[str, Any]]:

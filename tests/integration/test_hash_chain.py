@@ -10,17 +10,15 @@ end): the shared test database stays clean.
 from __future__ import annotations
 
 import itertools
-import os
 import uuid
 from collections.abc import Iterator
 from typing import Any
 
 import psycopg
 import pytest
-from psycopg import sql
 
 from eventstore import ChainReport, EventStore, NewEvent, Settings
-from tests.integration.conftest import admin_dsn, dsn_for, run_cli
+from tests.integration.conftest import deployed_database
 
 TRIGGER = "stored_events_no_update_delete"
 
@@ -56,36 +54,28 @@ class ChainDb:
 
 @pytest.fixture(scope="module")
 def chain_db() -> Iterator[ChainDb]:
-    name = f"utcp_chain_{os.getpid()}_{uuid.uuid4().hex[:6]}"
-    dsn = dsn_for(name)
-    run_cli("db", "deploy", "--dsn", dsn)
-    try:
-        with (
-            EventStore.open(dsn, Settings(pool_min_size=1, pool_max_size=2)) as store,
-            psycopg.connect(dsn, autocommit=True) as conn,
-        ):
-            db = ChainDb(store, conn)
-            for i in range(5):
-                stream = f"clean{i}-{uuid.uuid4().hex[:8]}"
-                for batch in range(3):
-                    store.append(
-                        stream,
-                        [
-                            NewEvent(
-                                "Step",
-                                {"i": i, "batch": batch, "k": k, "symbol": "AAPL"},
-                                {"actor": "seed"} if k % 2 else None,
-                            )
-                            for k in range(i + 1)
-                        ],
-                    )
-                db.clean.append(stream)
-            yield db
-    finally:
-        with psycopg.connect(admin_dsn(), autocommit=True) as conn:
-            conn.execute(
-                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
-            )
+    with (
+        deployed_database("utcp_chain") as dsn,
+        EventStore.open(dsn, Settings(pool_min_size=1, pool_max_size=2)) as store,
+        psycopg.connect(dsn, autocommit=True) as conn,
+    ):
+        db = ChainDb(store, conn)
+        for i in range(5):
+            stream = f"clean{i}-{uuid.uuid4().hex[:8]}"
+            for batch in range(3):
+                store.append(
+                    stream,
+                    [
+                        NewEvent(
+                            "Step",
+                            {"i": i, "batch": batch, "k": k, "symbol": "AAPL"},
+                            {"actor": "seed"} if k % 2 else None,
+                        )
+                        for k in range(i + 1)
+                    ],
+                )
+            db.clean.append(stream)
+        yield db
 
 
 def problems(report: ChainReport) -> list[tuple[str, int]]:

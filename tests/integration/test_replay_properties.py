@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import datetime as dt
 import itertools
-import os
 import random
 import threading
 import time
@@ -57,9 +56,8 @@ from eventstore.schemas import (
 from projections.runner import ProjectionRunner
 from projections.sql import LIVE, Tables, shadow_tables
 from projections.trading import TradingProjection
+from tests.integration.conftest import deployed_database
 from tests.reference_model import reference_model
-
-from .conftest import admin_dsn, dsn_for, run_cli
 
 #: Examples per run (about 0.2 s each on the 2-core machine: the module
 #: runs in about a minute); the ``thorough`` hypothesis profile
@@ -322,16 +320,8 @@ def session_events(ops: list[Op], tag: str) -> list[tuple[str, list[NewEvent]]]:
 
 @pytest.fixture(scope="module")
 def dsn() -> Iterator[str]:
-    name = f"utcp_replay_{os.getpid()}_{uuid.uuid4().hex[:6]}"
-    dsn = dsn_for(name)
-    run_cli("db", "deploy", "--dsn", dsn)
-    try:
+    with deployed_database("utcp_replay") as dsn:
         yield dsn
-    finally:
-        with psycopg.connect(admin_dsn(), autocommit=True) as conn:
-            conn.execute(
-                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
-            )
 
 
 @pytest.fixture(scope="module")

@@ -10,10 +10,8 @@ and the code cannot drift apart).
 from __future__ import annotations
 
 import datetime as dt
-import os
 import re
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from decimal import Decimal
 from pathlib import Path
@@ -21,14 +19,12 @@ from typing import Any, LiteralString
 
 import psycopg
 import pytest
-from psycopg import sql
 from psycopg.rows import dict_row
 
 from eventstore import AppendResult, AuditEvent, EventStore, Settings, StorageAdapter, Trade
 from eventstore.schemas import CashDeposited, CashWithdrawn, PortfolioOpened, TradeCancelled
 from projections.runner import ProjectionRunner
-
-from .conftest import admin_dsn, dsn_for, run_cli
+from tests.integration.conftest import deployed_database
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "trading-rules.md"
 PID = "demo"
@@ -148,16 +144,8 @@ def doc_table() -> list[Expected]:
 
 @pytest.fixture(scope="module")
 def dsn() -> Iterator[str]:
-    name = f"utcp_scenario_{os.getpid()}_{uuid.uuid4().hex[:6]}"
-    dsn = dsn_for(name)
-    run_cli("db", "deploy", "--dsn", dsn)
-    try:
+    with deployed_database("utcp_scenario") as dsn:
         yield dsn
-    finally:
-        with psycopg.connect(admin_dsn(), autocommit=True) as conn:
-            conn.execute(
-                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
-            )
 
 
 @pytest.fixture(scope="module")
