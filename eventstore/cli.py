@@ -581,7 +581,9 @@ def _project_catch_up(args: argparse.Namespace) -> int:
                 done += count
                 display.update(done, max(total, done))
 
-            runner.catch_up(stop.event, progress=advance)
+            # Up to the head as it is now: writers that keep appending cannot
+            # keep a catch-up from ending (a `project run` worker follows them).
+            runner.catch_up(stop.event, until=runner.head(), progress=advance)
             display.done, display.total = done, max(total, done) if stop.event.is_set() else done
             display.finish()
             checkpoint = runner.checkpoint()
@@ -802,9 +804,10 @@ def _add_project_parser(commands: Any) -> None:
 
     catch_up = actions.add_parser(
         "catch-up",
-        help="apply every committed event, then exit",
-        description="Apply every committed event to the projection, then exit 0. Fails at "
-        "once if a worker is active, unless --wait (which pauses it while this runs).",
+        help="apply every event committed when it starts, then exit",
+        description="Apply every event committed when it starts to the projection, then exit 0 "
+        "(events appended meanwhile are left for the next catch-up or a `project run` worker). "
+        "Fails at once if a worker is active, unless --wait (which pauses it while this runs).",
     )
     catch_up.add_argument("--batch-size", type=positive_int, default=500, metavar="N")
     catch_up.add_argument(

@@ -3,7 +3,9 @@
 1. Shadow tables (``utcp.trades__rebuild``, …, created ``LIKE`` the live
    ones) are filled from the start of the log by a runner with its own
    checkpoint row (``<name>__rebuild``) and its own lock, while the live
-   worker keeps running and readers keep reading the live tables.
+   worker keeps running and readers keep reading the live tables. It
+   chases the head in at most CHASE_PASSES passes, each ending at the head
+   as it was when the pass began, so busy writers cannot keep it going.
 2. The rebuild then queues for the live projection's lock: the live
    worker steps back as a standby after its current batch
    (:meth:`ProjectionRunner.take_over`). Waiting is bounded by
@@ -44,7 +46,7 @@ from eventstore import EventStore, EventStoreError, StoredEvent
 
 from . import sql
 from .errors import ProjectionError
-from .runner import LOCK_CLASS, ProjectionRunner, parse_checkpoint
+from .runner import LOCK_CLASS, ProjectionRunner, checkpoint_order
 from .sql import LIVE, SCHEMA, Tables, shadow_tables
 from .status import rebuild_checkpoint_name
 from .trading import TradingProjection
@@ -67,6 +69,9 @@ DEFAULT_LOCK_TIMEOUT: Final = 60.0
 #: The swap waits this long for readers' locks, then tries again.
 SWAP_LOCK_TIMEOUT: Final = 10.0
 SWAP_ATTEMPTS: Final = 3
+#: Passes of the unlocked rebuild towards the head before pausing the live
+#: worker: each one is shorter, so the pause (the sync) is short.
+CHASE_PASSES: Final = 3
 OLD_SUFFIX: Final = "__old"
 
 #: ``progress(phase, done, total)``: phase "rebuild" (events read so far, of
@@ -171,7 +176,15 @@ def rebuild(
             say(phase, done, max(total, done))
 
         say("rebuild", 0, total)
-        builder.catch_up(progress=advance)
+        # Chase the head in passes, each to the head as it was when the pass
+        # began: writers appending faster than the rebuild reads cannot keep
+        # it from ever pausing the live worker; what they add meanwhile is
+        # applied in the sync, under the lock.
+        for _ in range(CHASE_PASSES):
+            head = builder.head()
+            if head == builder.checkpoint():
+                break
+            builder.catch_up(until=head, progress=advance)
         say("rebuild", done, done)
 
         say("pause", 0, 0)
@@ -187,7 +200,7 @@ def rebuild(
 
         phase = "sync"
         say(phase, 0, 0)
-        target = max(live.checkpoint(), builder.checkpoint(), key=_order)
+        target = max(live.checkpoint(), builder.checkpoint(), key=checkpoint_order)
         builder.catch_up(until=target, progress=advance)
         live_error: str | None = None
         try:
@@ -239,11 +252,6 @@ def _once() -> threading.Event:
 
 def _quiet(phase: str, done: int, total: int) -> None:
     pass
-
-
-def _order(checkpoint: str) -> tuple[int, int]:
-    tx, pos = parse_checkpoint(checkpoint)
-    return int(tx), pos
 
 
 def _holder(store: EventStore, name: str) -> str:

@@ -36,7 +36,7 @@ from .errors import CheckpointMoved, ProjectionError
 from .sql import LIVE, Tables
 from .trading import TradingProjection
 
-__all__ = ["LOCK_CLASS", "ProjectionRunner", "parse_checkpoint"]
+__all__ = ["LOCK_CLASS", "ProjectionRunner", "checkpoint_order", "parse_checkpoint"]
 
 log = logging.getLogger("projections")
 
@@ -52,6 +52,12 @@ Progress = Callable[[int, StoredEvent], None]
 def parse_checkpoint(checkpoint: str) -> tuple[str, int]:
     tx, _, pos = checkpoint.partition("/")
     return tx, int(pos)
+
+
+def checkpoint_order(checkpoint: str) -> tuple[int, int]:
+    """A sort key: checkpoints in log order."""
+    tx, pos = parse_checkpoint(checkpoint)
+    return int(tx), pos
 
 
 class ProjectionRunner:
@@ -171,6 +177,15 @@ class ProjectionRunner:
         assert row is not None, "ENSURE_CHECKPOINT ran in acquire()"
         return str(row[0])
 
+    def head(self) -> str:
+        """The checkpoint of the newest event every reader can see now (this
+        projection's own checkpoint when the log is empty): the goal of a
+        catch-up that must end while writers keep appending."""
+        row = self.connection.execute(sql.HEAD).fetchone()
+        if row is None:
+            return self.checkpoint()
+        return max(str(row[0]), self.checkpoint(), key=checkpoint_order)
+
     def catch_up(
         self,
         stop: threading.Event | None = None,
@@ -190,8 +205,8 @@ class ProjectionRunner:
                 break
             events = self.store.read_all(after=checkpoint, limit=self.batch_size)
             if until is not None:
-                limit = parse_checkpoint(until)
-                events = [e for e in events if _key(e) <= (int(limit[0]), limit[1])]
+                limit = checkpoint_order(until)
+                events = [e for e in events if checkpoint_order(e.checkpoint) <= limit]
             if not events:
                 break
             checkpoint = self._apply(conn, checkpoint, events)
@@ -283,8 +298,3 @@ class ProjectionRunner:
                 stop.wait(step)
             if self.pause_requested():
                 return
-
-
-def _key(event: StoredEvent) -> tuple[int, int]:
-    tx, pos = parse_checkpoint(event.checkpoint)
-    return int(tx), pos

@@ -126,6 +126,15 @@ ENSURE_CHECKPOINT: Final = """
 INSERT INTO utcp.projection_checkpoints (projection) VALUES (%s)
 ON CONFLICT (projection) DO NOTHING"""
 
+# The newest event every reader can see now (read_all's horizon): a fixed
+# goal, so a catch-up ends even while writers keep appending.
+HEAD: Final = """
+SELECT tx_id::text || '/' || position::text
+  FROM utcp.stored_events
+ WHERE tx_id < pg_snapshot_xmin(pg_current_snapshot())
+ ORDER BY tx_id DESC, position DESC
+ LIMIT 1"""
+
 READ_CHECKPOINT: Final = """
 SELECT checkpoint_tx::text || '/' || checkpoint_position::text, events_processed
   FROM utcp.projection_checkpoints WHERE projection = %s"""

@@ -58,13 +58,15 @@ def _require_postgres() -> None:
             )
 
 
-def run_cli(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+def run_cli(
+    *args: str, check: bool = True, timeout: float = 300
+) -> subprocess.CompletedProcess[str]:
     """Run the project's own ``eventstore`` command, as a user would."""
     proc = subprocess.run(
         [sys.executable, "-m", "eventstore", *args],
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=timeout,
         check=False,
     )
     if check and proc.returncode != 0:
@@ -94,17 +96,8 @@ def deployed_database(prefix: str) -> Iterator[str]:
 @pytest.fixture(scope="session")
 def database_dsn() -> Iterator[str]:
     """A fresh database with the schema deployed through `eventstore db deploy`."""
-    _require_postgres()
-    name = f"utcp_test_{os.getpid()}_{uuid.uuid4().hex[:6]}"
-    dsn = dsn_for(name)
-    run_cli("db", "deploy", "--dsn", dsn)
-    try:
+    with deployed_database("utcp_test") as dsn:
         yield dsn
-    finally:
-        with psycopg.connect(admin_dsn(), autocommit=True) as conn:
-            conn.execute(
-                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
-            )
 
 
 @pytest.fixture(scope="session")

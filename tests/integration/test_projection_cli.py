@@ -21,7 +21,16 @@ from projections import ProjectionRunner
 from projections.status import projection_status
 
 from .conftest import run_cli
-from .test_workers import WAIT, TradingDesk, fresh_database, one_value, stop_worker, wait_until
+from .test_workers import (
+    WAIT,
+    TradingDesk,
+    Writer,
+    count_events,
+    fresh_database,
+    one_value,
+    stop_worker,
+    wait_until,
+)
 
 
 @pytest.fixture(scope="module")
@@ -110,6 +119,31 @@ def test_status_then_catch_up(dsn: str, store: EventStore, desk: TradingDesk) ->
 
     again = run_cli("project", "catch-up", "--dsn", dsn)
     assert again.stdout.startswith("caught up: 0 events applied")
+
+
+def test_catch_up_ends_while_writers_keep_appending(
+    dsn: str, store: EventStore, desk: TradingDesk
+) -> None:
+    """A catch-up applies what was committed when it started and exits,
+    however fast writers append meanwhile (one event per batch here, slower
+    than the writers)."""
+    writers = [Writer(desk), Writer(TradingDesk(StorageAdapter(store), portfolios=1, seed=22))]
+    for writer in writers:
+        writer.start()
+    try:
+        wait_until(lambda: all(w.desk.events > 20 for w in writers), "the writers to append")
+        proc = run_cli("project", "catch-up", "--batch-size", "1", "--dsn", dsn, timeout=WAIT)
+    finally:
+        for writer in writers:
+            writer.finish()
+    applied = int(proc.stdout.split()[2].replace(",", ""))
+    checkpoint = proc.stdout.split()[-1]
+    assert applied > 0
+    assert projection_status(store).checkpoint == checkpoint
+    assert count_events(dsn, through=checkpoint) == projection_status(store).events_processed
+    again = run_cli("project", "catch-up", "--dsn", dsn)
+    assert again.stdout.startswith("caught up: ")
+    assert projection_status(store).lag_events == 0
 
 
 def test_catch_up_fails_fast_while_a_worker_is_active(dsn: str, store: EventStore) -> None:

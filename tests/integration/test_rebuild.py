@@ -13,13 +13,21 @@ from typing import Any
 import psycopg
 import pytest
 
-from eventstore import EventStore, Settings, StorageAdapter
+from eventstore import EventStore, NewEvent, Settings, StorageAdapter
 from projections import ProjectionRunner
 from projections.rebuild import RebuildError, RebuildReport, rebuild
 from projections.status import projection_status
 
 from .conftest import run_cli
-from .test_workers import WAIT, TradingDesk, Writer, fresh_database, one_value, wait_until
+from .test_workers import (
+    WAIT,
+    TradingDesk,
+    Writer,
+    count_events,
+    fresh_database,
+    one_value,
+    wait_until,
+)
 
 LIVE_TABLES = ("trades", "positions", "portfolios")
 CANONICAL_INDEXES = {
@@ -282,3 +290,36 @@ def test_a_rebuild_that_cannot_go_on_leaves_nothing_behind(
             "DELETE FROM utcp.projection_checkpoints WHERE projection = 'trading__rebuild'"
         )
     assert_canonical_tables(dsn)  # no shadow tables left, the live ones untouched
+
+
+def test_a_rebuild_ends_while_writers_outpace_it() -> None:
+    """Writers that append more than the rebuild reads, batch after batch,
+    cannot keep it chasing the head: each pass ends at the head as it was
+    when the pass began, and the rest is applied under the lock."""
+    batch = 10
+    for dsn in fresh_database("utcp_rebuild_chase"):
+        with EventStore.open(dsn, Settings(pool_min_size=1, pool_max_size=2)) as store:
+            desk = TradingDesk(StorageAdapter(store), portfolios=2, seed=5)
+            for _ in range(100):
+                desk.step()
+            reads = 0
+
+            def outpace(phase: str, done: int, total: int) -> None:
+                nonlocal reads
+                if phase != "rebuild" or done == 0:
+                    return
+                reads += 1
+                assert reads < 1000, "the rebuild kept chasing the head"
+                noise = [NewEvent("DeskNote", {"n": i}) for i in range(batch + 1)]
+                store.append("desk-notes", noise)
+
+            report = rebuild(store, dsn, batch_size=batch, progress=outpace, lock_timeout=WAIT)
+            assert report.swapped
+            no_differences(report)
+            # Swapped in at the checkpoint the rebuild reached, every event
+            # up to it counted once (the chase's own noise included).
+            status = projection_status(store)
+            assert status.checkpoint == report.checkpoint
+            assert status.events_processed == count_events(dsn, through=report.checkpoint)
+            assert status.events_processed > 100 + 3 * batch
+            assert one_value(dsn, "SELECT count(*) FROM utcp.trades") == desk.executed

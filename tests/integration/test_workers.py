@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 import random
 import signal
 import subprocess
@@ -24,14 +23,13 @@ from typing import Any
 
 import psycopg
 import pytest
-from psycopg import sql
 
 from eventstore import EventStore, NewEvent, Settings, StorageAdapter, Trade
 from eventstore.schemas import CashDeposited, PortfolioOpened, TradeCancelled
 from projections.rebuild import rebuild
 from projections.status import ProjectionStatus, projection_status
 
-from .conftest import admin_dsn, dsn_for, run_cli
+from .conftest import deployed_database, run_cli
 
 WAIT = 60.0  # a generous bound for things that take well under a second
 
@@ -45,16 +43,9 @@ def wait_until(check: Callable[[], bool], what: str, timeout: float = WAIT) -> N
 
 
 def fresh_database(prefix: str) -> Iterator[str]:
-    name = f"{prefix}_{os.getpid()}_{uuid.uuid4().hex[:6]}"
-    dsn = dsn_for(name)
-    run_cli("db", "deploy", "--dsn", dsn)
-    try:
+    """A throwaway database for a module's fixture (``yield from``)."""
+    with deployed_database(prefix) as dsn:
         yield dsn
-    finally:
-        with psycopg.connect(admin_dsn(), autocommit=True) as conn:
-            conn.execute(
-                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
-            )
 
 
 @pytest.fixture(scope="module")
