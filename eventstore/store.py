@@ -47,6 +47,7 @@ from .events import (
     default_registry,
 )
 from .notify import Notifier
+from .pool import LifoConnectionPool
 from .retry import is_transient, run_with_retries
 from .settings import Settings
 
@@ -317,7 +318,7 @@ class EventStore:
                 operation="open",
                 sqlstate=exc.sqlstate,
             ) from exc
-        pool = psycopg_pool.ConnectionPool(
+        pool = LifoConnectionPool(
             dsn,
             min_size=settings.pool_min_size,
             max_size=settings.pool_max_size,
