@@ -13,12 +13,16 @@ from typing import Any
 import psycopg
 import pytest
 
-from eventstore import EventStore, NewEvent, Settings, StorageAdapter
+from eventstore import EventStore, NewEvent, Settings, StorageAdapter, StoredEvent
 from projections import ProjectionRunner
 from projections.rebuild import RebuildError, RebuildReport, rebuild
+from projections.runner import checkpoint_order
+from projections.sql import LIVE
 from projections.status import projection_status
+from tests.reference_model import reference_model
 
 from .conftest import run_cli
+from .test_replay_properties import assert_same, read_rows
 from .test_workers import (
     WAIT,
     TradingDesk,
@@ -202,6 +206,22 @@ def test_rebuild_while_writers_append_and_readers_read(
     no_differences(again)
     assert not again.swapped
     assert_canonical_tables(dsn)
+    assert_equals_reference_model(store, dsn)
+
+
+def assert_equals_reference_model(store: EventStore, dsn: str) -> None:
+    """The live tables are, row for row, what the plain-Python model of the
+    rules derives from the log up to the projection's checkpoint."""
+    through = checkpoint_order(projection_status(store).checkpoint)
+    events: list[StoredEvent] = []
+    after = None
+    while page := store.read_all(after=after, limit=1000):
+        events.extend(e for e in page if checkpoint_order(e.checkpoint) <= through)
+        after = page[-1].checkpoint
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        live = read_rows(conn, LIVE)
+    assert len(live[0]) > 600
+    assert_same(live, reference_model(events), "live tables after the swap", "reference model")
 
 
 def position_row(dsn: str, key: tuple[str, str]) -> dict[str, Any]:

@@ -339,6 +339,23 @@ def admin(dsn: str) -> Iterator[psycopg.Connection[Any]]:
 _numbers = itertools.count()
 
 
+def read_rows(conn: psycopg.Connection[Any], tables: Tables, pids: list[str] | None = None) -> Rows:
+    """The rows of ``tables``, by key, for ``pids``' portfolios (None: every row)."""
+    where = sql.SQL("TRUE" if pids is None else "portfolio_id = ANY(%s)")
+    params = None if pids is None else (pids,)
+    out: list[dict[Any, dict[str, Any]]] = []
+    for table, key in (
+        ("trades", ("trade_id",)),
+        ("positions", ("portfolio_id", "symbol")),
+        ("portfolios", ("portfolio_id",)),
+    ):
+        cur = conn.cursor(row_factory=dict_row)
+        query = sql.SQL("SELECT * FROM {} WHERE {}").format(tables.ident(table), where)
+        found = cur.execute(query, params).fetchall()
+        out.append({(r[key[0]] if len(key) == 1 else tuple(r[k] for k in key)): r for r in found})
+    return out[0], out[1], out[2]
+
+
 class Harness:
     """Runs one example: append, then (a), (b), (c), and compares."""
 
@@ -408,21 +425,7 @@ class Harness:
 
     def rows(self, tables: Tables, pids: list[str] | None) -> Rows:
         """The rows of ``pids``' portfolios (None: every row)."""
-        where = sql.SQL("TRUE" if pids is None else "portfolio_id = ANY(%s)")
-        params = None if pids is None else (pids,)
-        out: list[dict[Any, dict[str, Any]]] = []
-        for table, key in (
-            ("trades", ("trade_id",)),
-            ("positions", ("portfolio_id", "symbol")),
-            ("portfolios", ("portfolio_id",)),
-        ):
-            cur = self.admin.cursor(row_factory=dict_row)
-            query = sql.SQL("SELECT * FROM {} WHERE {}").format(tables.ident(table), where)
-            found = cur.execute(query, params).fetchall()
-            out.append(
-                {(r[key[0]] if len(key) == 1 else tuple(r[k] for k in key)): r for r in found}
-            )
-        return out[0], out[1], out[2]
+        return read_rows(self.admin, tables, pids)
 
     # (a) ------------------------------------------------------------------------------
 
