@@ -711,7 +711,9 @@ def project(
     try:
         _become_active(runner, standby_timeout, say)
         progress = Progress("projecting", _remaining(store, runner), err)
-        read = runner.catch_up(progress=lambda count, _last: progress.advance(count))
+        read = runner.catch_up(
+            until=runner.head(), progress=lambda count, _last: progress.advance(count)
+        )
         return read, progress.finish()
     except ProjectionError as exc:
         raise DemoError(

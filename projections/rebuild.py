@@ -70,7 +70,10 @@ DEFAULT_LOCK_TIMEOUT: Final = 60.0
 SWAP_LOCK_TIMEOUT: Final = 10.0
 SWAP_ATTEMPTS: Final = 3
 #: Passes of the unlocked rebuild towards the head before pausing the live
-#: worker: each one is shorter, so the pause (the sync) is short.
+#: worker. While the rebuild reads faster than writers append, each pass is
+#: shorter than the last and the pause (the sync) is short; when it does
+#: not, the sync catches up under the lock and the pause is longer, but the
+#: rebuild still ends.
 CHASE_PASSES: Final = 3
 OLD_SUFFIX: Final = "__old"
 
