@@ -103,6 +103,60 @@ def check_stream_id(stream_id: object) -> str:
     return check_identifier(stream_id, "stream_id", what="stream id", stream_id=None)
 
 
+#: Leaves that need no look at all.
+_OPAQUE: Final = frozenset(
+    {str, int, bool, type(None), dt.datetime, dt.date, dt.time, uuid.UUID, bytes}
+)
+
+
+def _finite_numbers(value: Any) -> bool:
+    """False when ``value`` may hold a NaN or an infinity (or something this
+    scan does not know); builds no field paths, unlike check_value."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        kind = type(item)
+        if kind in _OPAQUE:
+            continue
+        if kind is dict:
+            stack.extend(item.values())
+        elif kind is list or kind is tuple:
+            stack.extend(item)
+        elif kind is float:
+            if not math.isfinite(item):
+                return False
+        elif kind is Decimal:
+            if not item.is_finite():
+                return False
+        elif isinstance(item, msgspec.Struct):
+            stack.extend(getattr(item, name) for name in item.__struct_fields__)
+        else:
+            return False
+    return True
+
+
+def _encode_checked(value: Any, where: str, ctx: dict[str, Any]) -> bytes:
+    """``value`` as JSON, refused as check_value refuses it, but fast.
+
+    msgspec itself refuses lone surrogates, non-string keys (with sorted
+    keys) and what it cannot encode; a NUL shows in its output as an
+    escape, a NaN or infinity as null, a non-finite Decimal as a string.
+    Only when the encoder failed or its output holds one of those hints does
+    check_value walk the value, to name the exact field.
+    """
+    try:
+        encoded = encoder.encode(value)
+    except (TypeError, UnicodeEncodeError, msgspec.EncodeError) as exc:
+        check_value(value, where, ctx)
+        raise _fail(f"cannot encode as JSON: {exc}", where, **ctx) from exc
+    if (
+        (b"null" in encoded or b'NaN"' in encoded or b'Infinity"' in encoded)
+        and (not _finite_numbers(value))
+    ) or b"\\u0000" in encoded:
+        check_value(value, where, ctx)
+    return encoded
+
+
 def check_value(value: Any, path: str, ctx: dict[str, Any]) -> None:
     """Refuse what JSON or PostgreSQL cannot hold faithfully: NaN and
     infinities (msgspec would write null), NUL characters (jsonb refuses
@@ -264,16 +318,12 @@ def prepare_append(
                 **ctx,
             )
         data, symbol, when = _payload(event, registry, where, ctx)
-        check_value(data, f"{where}.data", ctx)
+        data_json = _encode_checked(data, f"{where}.data", ctx)
+        meta_json = None
         if event.metadata is not None:
             if not isinstance(event.metadata, Mapping):
                 raise _fail("metadata must be a mapping", f"{where}.metadata", **ctx)
-            check_value(event.metadata, f"{where}.metadata", ctx)
-        try:
-            data_json = encoder.encode(data)
-            meta_json = None if event.metadata is None else encoder.encode(event.metadata)
-        except (TypeError, UnicodeEncodeError, msgspec.EncodeError) as exc:
-            raise _fail(f"cannot encode as JSON: {exc}", f"{where}.data", **ctx) from exc
+            meta_json = _encode_checked(event.metadata, f"{where}.metadata", ctx)
         if not data_json.startswith(b"{"):
             raise _fail("data must encode to a JSON object", f"{where}.data", **ctx)
         size = len(data_json) + (len(meta_json) if meta_json else 0)

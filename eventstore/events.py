@@ -179,6 +179,7 @@ def uuid7() -> uuid.UUID:
     """
     global _last_ms, _seq  # noqa: PLW0603
     ms = time.time_ns() // 1_000_000
+    noise = int.from_bytes(os.urandom(10), "big")  # one system call
     if ms <= _last_ms:
         ms = _last_ms
         _seq += 1
@@ -186,8 +187,8 @@ def uuid7() -> uuid.UUID:
             ms += 1
             _seq = 0
     else:
-        _seq = int.from_bytes(os.urandom(2), "big") & 0x3FF
+        _seq = (noise >> 64) & 0x3FF
     _last_ms = ms
-    rand = int.from_bytes(os.urandom(8), "big") & 0x3FFF_FFFF_FFFF_FFFF
+    rand = noise & 0x3FFF_FFFF_FFFF_FFFF
     value = (ms & 0xFFFF_FFFF_FFFF) << 80 | 0x7 << 76 | _seq << 64 | 0b10 << 62 | rand
     return uuid.UUID(int=value)

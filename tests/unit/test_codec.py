@@ -16,7 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from eventstore import EventRegistry, NewEvent, Trade, ValidationError, default_registry
-from eventstore.codec import PreparedAppend, prepare_append
+from eventstore.codec import PreparedAppend, _encode_checked, check_value, encoder, prepare_append
 from eventstore.events import uuid7
 
 NOW = dt.datetime(2024, 6, 3, 14, 30, tzinfo=dt.UTC)
@@ -369,3 +369,48 @@ def test_registry() -> None:
         prepare([NewEvent("Opened", {"owner": "o"})], registry=registry)
     assert info.value.field is not None and info.value.field.startswith("events[0].data")
     assert "TradeExecuted" in default_registry.names()
+
+
+# The fast path (encode first; walk only on a hint in the output) refuses
+# exactly what the full walk refuses, naming the same field.
+
+_leaf = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.decimals(allow_nan=True, allow_infinity=True),
+    st.text(alphabet=st.characters(codec=None, exclude_categories=[])),
+    st.sampled_from(["a\x00b", "\ud800", "\\u0000", "null", "NaN", "Infinity", 'x NaN"']),
+    st.just(NOW),
+    st.just(uuid.UUID(int=7)),
+)
+_key = st.one_of(st.text(max_size=5), st.sampled_from(["k\x00", "\udc80", 1, None]))
+_values = st.recursive(
+    _leaf,
+    lambda inner: st.one_of(st.lists(inner, max_size=4), st.dictionaries(_key, inner, max_size=4)),
+    max_leaves=12,
+)
+
+
+def _outcome(run: Any) -> tuple[str, str] | None:
+    try:
+        run()
+    except ValidationError as exc:
+        return ("refused", exc.field or "")
+    return None
+
+
+@given(data=st.dictionaries(_key, _values, max_size=5))
+@settings(max_examples=400, deadline=None)
+def test_fast_path_refuses_what_the_full_walk_refuses(data: dict[Any, Any]) -> None:
+    ctx: dict[str, Any] = {"operation": "append"}
+
+    def full() -> None:
+        check_value(data, "events[0].data", ctx)
+        try:
+            encoder.encode(data)
+        except (TypeError, UnicodeEncodeError, msgspec.EncodeError) as exc:
+            raise ValidationError(str(exc), field="events[0].data") from exc
+
+    assert _outcome(lambda: _encode_checked(data, "events[0].data", ctx)) == _outcome(full)
