@@ -33,8 +33,9 @@ class Notifier:
         self._thread.start()
 
     def poke(self) -> None:
-        """Something was appended (cheap: sets a flag)."""
-        self._pending.set()
+        """Something was appended (cheap: sets a flag, once per wake-up)."""
+        if not self._pending.is_set():
+            self._pending.set()
 
     def close(self) -> None:
         self._closed.set()

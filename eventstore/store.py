@@ -449,7 +449,9 @@ class EventStore:
                     return own
                 for _ in range(MAX_STREAM_RACES):
                     try:
-                        row = conn.execute(sql.APPEND, params, binary=True).fetchone()
+                        # Text results: psycopg loads this one row (an int8[]
+                        # among its columns) faster as text than as binary.
+                        row = conn.execute(sql.APPEND, params).fetchone()
                     except pg_errors.UniqueViolation as exc:
                         own = self._own_write(conn, n, stream_id, prepared, idempotency_key)
                         if own is not None:
