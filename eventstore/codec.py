@@ -21,6 +21,7 @@ import msgspec
 
 from .errors import ValidationError
 from .events import EventRegistry, NewEvent, uuid7
+from .limits import time_problem
 
 __all__ = [
     "PreparedAppend",
@@ -225,8 +226,9 @@ def _as_time(value: Any, where: str, ctx: dict[str, Any]) -> str | None:
             raise _fail(f"{where} is not an ISO 8601 timestamp", where, **ctx) from exc
     if not isinstance(value, dt.datetime):
         raise _fail(f"{where} must be a timestamp", where, **ctx)
-    if value.tzinfo is None or value.utcoffset() is None:
-        raise _fail(f"{where} must be timezone-aware", where, **ctx)
+    problem = time_problem(value)
+    if problem is not None:
+        raise _fail(f"{where} {problem}", where, **ctx)
     return value.isoformat()
 
 

@@ -17,6 +17,7 @@ import msgspec
 
 from .errors import ValidationError
 from .events import default_registry
+from .limits import amount_problem, time_problem
 
 __all__ = [
     "AuditEvent",
@@ -48,8 +49,21 @@ def _invalid(name: str, message: str) -> ValidationError:
 
 
 def _finite(name: str, value: Decimal) -> None:
-    if not isinstance(value, Decimal) or not value.is_finite():
+    """A Decimal the projections can compute with (eventstore.limits)."""
+    if not isinstance(value, Decimal):
         raise _invalid(name, f"must be a finite decimal, got {value!r}")
+    problem = amount_problem(value)
+    if problem is not None:
+        raise _invalid(name, problem)
+
+
+def _time(name: str, value: dt.datetime) -> None:
+    """A timezone-aware datetime every reader can load back (eventstore.limits)."""
+    if not isinstance(value, dt.datetime):
+        raise _invalid(name, f"must be a datetime, got {type(value).__name__}")
+    problem = time_problem(value)
+    if problem is not None:
+        raise _invalid(name, problem)
 
 
 def _check_id(name: str, value: str) -> None:
@@ -88,8 +102,7 @@ class Trade(msgspec.Struct, frozen=True, kw_only=True):
             raise _invalid("fees", f"must be >= 0, got {self.fees}")
         if self.order_id is not None:
             _check_id("order_id", self.order_id)
-        if self.executed_at.tzinfo is None:
-            raise _invalid("executed_at", "must be timezone-aware")
+        _time("executed_at", self.executed_at)
 
 
 class AuditEvent(msgspec.Struct, frozen=True, kw_only=True):
@@ -109,8 +122,7 @@ class AuditEvent(msgspec.Struct, frozen=True, kw_only=True):
         _check_id("id", self.id)
         _check_id("symbol", self.symbol)
         _check_id("actor", self.actor)
-        if self.occurred_at.tzinfo is None:
-            raise _invalid("occurred_at", "must be timezone-aware")
+        _time("occurred_at", self.occurred_at)
 
 
 Currency = Annotated[str, msgspec.Meta(pattern=r"^[A-Z]{3,5}$")]
@@ -135,8 +147,7 @@ class PortfolioOpened(msgspec.Struct, frozen=True, kw_only=True):
     def __post_init__(self) -> None:
         _check_id("portfolio_id", self.portfolio_id)
         _check_id("name", self.name)
-        if self.opened_at.tzinfo is None:
-            raise _invalid("opened_at", "must be timezone-aware")
+        _time("opened_at", self.opened_at)
 
 
 class CashDeposited(msgspec.Struct, frozen=True, kw_only=True):
@@ -153,8 +164,7 @@ class CashDeposited(msgspec.Struct, frozen=True, kw_only=True):
         _check_id("deposit_id", self.deposit_id)
         _check_id("portfolio_id", self.portfolio_id)
         _positive("amount", self.amount)
-        if self.occurred_at.tzinfo is None:
-            raise _invalid("occurred_at", "must be timezone-aware")
+        _time("occurred_at", self.occurred_at)
 
 
 class CashWithdrawn(msgspec.Struct, frozen=True, kw_only=True):
@@ -171,8 +181,7 @@ class CashWithdrawn(msgspec.Struct, frozen=True, kw_only=True):
         _check_id("withdrawal_id", self.withdrawal_id)
         _check_id("portfolio_id", self.portfolio_id)
         _positive("amount", self.amount)
-        if self.occurred_at.tzinfo is None:
-            raise _invalid("occurred_at", "must be timezone-aware")
+        _time("occurred_at", self.occurred_at)
 
 
 class TradeCancelled(msgspec.Struct, frozen=True, kw_only=True):
@@ -191,8 +200,7 @@ class TradeCancelled(msgspec.Struct, frozen=True, kw_only=True):
         _check_id("portfolio_id", self.portfolio_id)
         if "\x00" in self.reason:
             raise _invalid("reason", "must not contain NUL characters")
-        if self.occurred_at.tzinfo is None:
-            raise _invalid("occurred_at", "must be timezone-aware")
+        _time("occurred_at", self.occurred_at)
 
 
 TRADE_EXECUTED = Trade.EVENT_TYPE

@@ -76,6 +76,10 @@ class TradingProjection:
                     batch.apply(event, payload)
                 except _Refused as exc:
                     raise ProjectionError(self.name, event, str(exc)) from None
+                except ArithmeticError as exc:  # decimal overflow and the like
+                    raise ProjectionError(
+                        self.name, event, f"the rules cannot compute it: {exc!r}"
+                    ) from exc
         batch.flush()
 
     def _decode(self, event: StoredEvent) -> msgspec.Struct | None:

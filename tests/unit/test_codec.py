@@ -129,6 +129,15 @@ def test_identifier_limits_are_inclusive() -> None:
         ([NewEvent("A", {}), NewEvent("B", {"x": math.nan})], "events[1].data.x"),
         ([NewEvent("A", {}, event_id=uuid.UUID(int=1))] * 2, "events[1].event_id"),
         ([NewEvent("A", {"s": "\udc80"})], "events[0].data.s"),
+        # Times a reader could not load back (Python's years 1 to 9999).
+        (
+            [NewEvent("A", {"occurred_at": "0001-01-01T00:00:00+05:00"})],
+            "events[0].data.occurred_at",
+        ),
+        (
+            [NewEvent("A", {"occurred_at": "9999-12-31T23:00:00-05:00"})],
+            "events[0].data.occurred_at",
+        ),
     ],
 )
 def test_events(events: Any, field: str) -> None:
@@ -153,6 +162,12 @@ def test_events(events: Any, field: str) -> None:
         ({"order_id": ""}, "events[0].data.order_id"),
         ({"executed_at": "2024-06-03T14:30:00"}, "events[0].data.executed_at"),
         ({"executed_at": "not a time"}, "events[0].data.executed_at"),
+        ({"executed_at": "0001-01-01T03:00:00+05:00"}, "events[0].data.executed_at"),
+        ({"executed_at": "9999-12-31T20:00:00-05:00"}, "events[0].data.executed_at"),
+        ({"quantity": "1E+999999"}, "events[0].data.quantity"),
+        ({"quantity": "1000000000000000"}, "events[0].data.quantity"),
+        ({"price": "0.0000000000000000001"}, "events[0].data.price"),
+        ({"fees": "1E+15"}, "events[0].data.fees"),
     ],
 )
 def test_registered_schema(changes: dict[str, Any], field: str) -> None:
@@ -414,3 +429,32 @@ def test_fast_path_refuses_what_the_full_walk_refuses(data: dict[Any, Any]) -> N
             raise ValidationError(str(exc), field="events[0].data") from exc
 
     assert _outcome(lambda: _encode_checked(data, "events[0].data", ctx)) == _outcome(full)
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"quantity": "999999999999999.999999999999999999"},
+        {"price": "0.000000000000000001"},
+        {"price": "1.50000000000000000000000000"},  # trailing zeros are not places
+        {"fees": "0E-40"},
+        {"executed_at": "0001-01-02T00:00:00+00:00"},
+        {"executed_at": "9999-12-30T00:00:00+00:00"},
+    ],
+)
+def test_registered_schema_limits_are_inclusive(changes: dict[str, Any]) -> None:
+    prepare([NewEvent("TradeExecuted", trade_dict(**changes))])
+
+
+def test_a_trade_built_in_code_with_a_string_time_is_refused_by_name() -> None:
+    with pytest.raises(ValidationError) as info:
+        Trade(
+            trade_id="t",
+            portfolio_id="p",
+            symbol="AAPL",
+            side="buy",
+            quantity=Decimal(1),
+            price=Decimal(1),
+            executed_at="2025-01-01T00:00:00Z",  # type: ignore[arg-type]
+        )
+    assert info.value.field == "executed_at"
