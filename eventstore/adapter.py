@@ -177,6 +177,19 @@ class StorageAdapter:
         """Record that a trade is cancelled: the projections recompute its
         position as if it had never happened."""
         cancel = _validated(cancel, TradeCancelled, "cancel_trade")
+        stream = portfolio_stream(cancel.portfolio_id)
+        rows = self.store.query(
+            "cancel_trade", sql.TRADE_IN_STREAM, (stream, TRADE_EXECUTED, cancel.trade_id)
+        )
+        if not rows or not rows[0][0]:
+            # The projection would stop at such a cancellation: refuse it here.
+            raise ValidationError(
+                f"trade {cancel.trade_id!r} was never executed in portfolio "
+                f"{cancel.portfolio_id!r}",
+                field="trade_id",
+                operation="cancel_trade",
+                stream_id=stream,
+            )
         return self._to_portfolio(
             cancel.portfolio_id,
             NewEvent(TradeCancelled.EVENT_TYPE, cancel),

@@ -171,6 +171,11 @@ SELECT a.anchor_id, a.through_tx::text || '/' || a.through_position::text,
 
 ANCHOR_COUNT: Final = "SELECT count(*) FROM utcp.chain_anchors"
 
+# Whether a trade was executed in a portfolio's stream (before a cancellation).
+TRADE_IN_STREAM: Final = """
+SELECT EXISTS (SELECT 1 FROM utcp.stored_events
+                WHERE stream_id = %s AND type = %s AND data ->> 'trade_id' = %s)"""
+
 # Read models (written by projections/, read here for the adapter).
 POSITIONS: Final = """
 SELECT portfolio_id, symbol, quantity, avg_cost, realized_pnl, fees, trade_count, updated_at

@@ -26,6 +26,7 @@ from eventstore import (
     default_registry,
 )
 from eventstore import sql as store_sql
+from eventstore.schemas import TradeCancelled
 from tests.integration.conftest import deployed_database
 
 T0 = dt.datetime(2024, 3, 4, 9, 30, tzinfo=dt.UTC)
@@ -292,6 +293,33 @@ def test_trades_and_audit_events_never_mix(adapter: StorageAdapter, store: Event
     assert adapter.list_audit_events(type="OrderPlaced", symbol=symbol) == [audit]
     assert adapter.list_audit_events(type="PriceTick", symbol=symbol) == []
     assert adapter.list_audit_events(type="TradeExecuted", symbol=symbol) == []
+
+
+def test_a_cancellation_needs_the_trade_in_that_portfolio(
+    adapter: StorageAdapter, admin: psycopg.Connection[Any]
+) -> None:
+    """The projection would stop at a cancellation of a trade it never saw:
+    the adapter refuses one before anything is written."""
+    mine, other = (f"p-{uuid.uuid4().hex[:8]}" for _ in range(2))
+    trade = make_trade(unique_symbol(), mine, T0)
+    adapter.save_trade(trade)
+
+    def cancel(trade_id: str, portfolio: str) -> Any:
+        return adapter.cancel_trade(
+            TradeCancelled(
+                trade_id=trade_id, portfolio_id=portfolio, reason="busted", occurred_at=T0
+            )
+        )
+
+    before = counts(admin)
+    for trade_id, portfolio in (("never-executed", mine), (trade.trade_id, other)):
+        with pytest.raises(ValidationError, match="was never executed") as info:
+            cancel(trade_id, portfolio)
+        assert info.value.field == "trade_id"
+    assert counts(admin) == before  # nothing written, no key used up
+    done = cancel(trade.trade_id, mine)
+    assert done.duplicate is False
+    assert cancel(trade.trade_id, mine).duplicate is True
 
 
 # -- EXPLAIN on a log large enough to matter --------------------------------------
