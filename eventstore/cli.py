@@ -17,6 +17,7 @@ import signal
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from decimal import Decimal, InvalidOperation
@@ -27,9 +28,12 @@ import msgspec
 import psycopg
 
 from projections import CheckpointMoved, ProjectionRunner
+from projections import sql as projection_sql
 from projections.rebuild import PROJECTIONS, rebuild
+from projections.runner import skip_stream
 from projections.status import projection_status
 
+from . import sql as store_sql
 from .errors import EventStoreError, StorageUnavailable, ValidationError
 from .events import (
     ANY,
@@ -40,6 +44,7 @@ from .events import (
     NewEvent,
     StoredEvent,
 )
+from .schemas import ProjectionEventSkipped
 from .settings import Settings
 from .sqitch import Sqitch, build_target
 from .store import EventStore
@@ -646,6 +651,53 @@ def _project_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _project_skip(args: argparse.Namespace) -> int:
+    """Record an operator's decision that projection NAME passes over one
+    event its rules refuse (ProjectionEventSkipped, in the log)."""
+    try:
+        event_id = uuid.UUID(args.event_id)
+    except ValueError:
+        raise ValidationError(
+            f"not an event id: {args.event_id!r}", field="event_id", operation="skip"
+        ) from None
+    name = args.name
+    with _open_store(args) as store:
+        found = store.query("skip", store_sql.EVENTS_BY_ID, ([event_id],))
+        if not found:
+            raise ValidationError(
+                f"no event {event_id} in the log", field="event_id", operation="skip"
+            )
+        stream_id, version, position, _, event_type = found[0][:5]
+        what = f"{event_type}, {stream_id} v{version}, position {position}"
+        earlier = store.query(
+            "skip",
+            projection_sql.SKIP_DECISION,
+            (skip_stream(name), ProjectionEventSkipped.EVENT_TYPE, str(event_id)),
+        )
+        if earlier:
+            print(f"already decided by {earlier[0][1]}: {earlier[0][0]}")
+            return 0
+        decision = ProjectionEventSkipped(
+            projection=name,
+            event_id=event_id,
+            reason=args.reason,
+            actor=args.actor,
+            occurred_at=dt.datetime.now(dt.UTC),
+        )
+        store.append(
+            skip_stream(name),
+            [NewEvent(ProjectionEventSkipped.EVENT_TYPE, decision)],
+            idempotency_key=f"skip:{name}:{event_id}",
+        )
+        stopped_at = projection_status(store, name).last_error_event
+    print(f"recorded: projection {name!r} passes over event {event_id} ({what})")
+    print("          if its rules refuse it; it never drops an event they accept.")
+    if stopped_at != event_id:
+        print("          (the projection is not stopped at this event now)")
+    print("next:     eventstore project catch-up, or restart `eventstore project run`")
+    return 0
+
+
 def _project_status(args: argparse.Namespace) -> int:
     with _open_store(args) as store:
         status = projection_status(store, args.name)
@@ -677,6 +729,10 @@ def _project_status(args: argparse.Namespace) -> int:
         print(f"last error:        {status.last_error}")
         print(f"                   at {at}, event {status.last_error_event}")
         print("                   the projection is stopped before that event")
+        print(
+            "                   fix the rules, or pass over it: eventstore project skip "
+            f"{status.last_error_event} --reason '...'"
+        )
     return code
 
 
@@ -873,6 +929,27 @@ def _add_project_parser(commands: Any) -> None:
     _add_json(rebuild)
     _add_dsn(rebuild)
     rebuild.set_defaults(handler=_project_rebuild)
+
+    skip = actions.add_parser(
+        "skip",
+        help="pass over one event the projection refuses (recorded in the log)",
+        description="Record, in the log (a ProjectionEventSkipped event in "
+        "projection-NAME), that projection NAME passes over event EVENT_ID when its rules "
+        "refuse it. Live workers and every rebuild make the same decision; an event the rules "
+        "accept is never dropped. Then run `eventstore project catch-up` or restart the worker.",
+    )
+    skip.add_argument("event_id", metavar="EVENT_ID", help="the refused event's id (see status)")
+    skip.add_argument("--reason", required=True, help="why, for the audit trail")
+    skip.add_argument(
+        "--actor",
+        default=os.environ.get("USER") or "operator",
+        help="who decides (default: $USER)",
+    )
+    skip.add_argument(
+        "--name", default="trading", choices=names, help="the projection (default: trading)"
+    )
+    _add_dsn(skip)
+    skip.set_defaults(handler=_project_skip)
 
     status = actions.add_parser(
         "status",

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+import uuid
 from decimal import Decimal
 from typing import Annotated, Any, ClassVar, Literal
 
@@ -24,6 +25,7 @@ __all__ = [
     "CashDeposited",
     "CashWithdrawn",
     "PortfolioOpened",
+    "ProjectionEventSkipped",
     "Trade",
     "TradeCancelled",
 ]
@@ -203,9 +205,33 @@ class TradeCancelled(msgspec.Struct, frozen=True, kw_only=True):
         _time("occurred_at", self.occurred_at)
 
 
+class ProjectionEventSkipped(msgspec.Struct, frozen=True, kw_only=True):
+    """An operator's decision that a projection passes over one event its
+    rules refuse (``eventstore project skip``), recorded in the log, in
+    ``projection-<projection>``, so every rebuild makes the same decision.
+    It never drops an event the rules accept."""
+
+    EVENT_TYPE: ClassVar[str] = "ProjectionEventSkipped"
+
+    projection: Id
+    event_id: uuid.UUID
+    reason: Id
+    actor: Id
+    occurred_at: Timestamp
+
+    def __post_init__(self) -> None:
+        _check_id("projection", self.projection)
+        _check_id("reason", self.reason)
+        _check_id("actor", self.actor)
+        _time("occurred_at", self.occurred_at)
+
+
 TRADE_EXECUTED = Trade.EVENT_TYPE
 default_registry.register(PortfolioOpened.EVENT_TYPE, PortfolioOpened, time_field="opened_at")
 default_registry.register(CashDeposited.EVENT_TYPE, CashDeposited, time_field="occurred_at")
 default_registry.register(CashWithdrawn.EVENT_TYPE, CashWithdrawn, time_field="occurred_at")
 default_registry.register(TRADE_EXECUTED, Trade, time_field="executed_at")
 default_registry.register(TradeCancelled.EVENT_TYPE, TradeCancelled, time_field="occurred_at")
+default_registry.register(
+    ProjectionEventSkipped.EVENT_TYPE, ProjectionEventSkipped, time_field="occurred_at"
+)

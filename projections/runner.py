@@ -24,19 +24,29 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from typing import Any, Final
 
 import psycopg
 
 from eventstore import EventStore, StoredEvent
+from eventstore.schemas import ProjectionEventSkipped
 
 from . import sql
 from .errors import CheckpointMoved, ProjectionError
 from .sql import LIVE, Tables
 from .trading import TradingProjection
 
-__all__ = ["LOCK_CLASS", "ProjectionRunner", "checkpoint_order", "parse_checkpoint"]
+__all__ = [
+    "LOCK_CLASS",
+    "ProjectionRunner",
+    "checkpoint_order",
+    "parse_checkpoint",
+    "skip_stream",
+]
+
+SKIP_EVENT_TYPE: Final = ProjectionEventSkipped.EVENT_TYPE
 
 log = logging.getLogger("projections")
 
@@ -52,6 +62,11 @@ Progress = Callable[[int, StoredEvent], None]
 def parse_checkpoint(checkpoint: str) -> tuple[str, int]:
     tx, _, pos = checkpoint.partition("/")
     return tx, int(pos)
+
+
+def skip_stream(projection: str) -> str:
+    """The stream of a projection's skip decisions."""
+    return f"projection-{projection}"
 
 
 def checkpoint_order(checkpoint: str) -> tuple[int, int]:
@@ -216,14 +231,21 @@ class ProjectionRunner:
         return done
 
     def _apply(
-        self, conn: psycopg.Connection[Any], checkpoint: str, events: list[StoredEvent]
+        self,
+        conn: psycopg.Connection[Any],
+        checkpoint: str,
+        events: list[StoredEvent],
+        skipped: frozenset[uuid.UUID] = frozenset(),
     ) -> str:
+        """Apply ``events`` (but the ``skipped`` ones) and move the checkpoint
+        past the last of them, in one transaction."""
         from_tx, from_pos = parse_checkpoint(checkpoint)
         last = events[-1]
         to_tx, to_pos = parse_checkpoint(last.checkpoint)
         try:
             with conn.transaction():
-                self.projection.apply(conn, events, self.tables)
+                applied = [e for e in events if e.event_id not in skipped] if skipped else events
+                self.projection.apply(conn, applied, self.tables)
                 moved = conn.execute(
                     sql.ADVANCE_CHECKPOINT,
                     {
@@ -243,14 +265,39 @@ class ProjectionRunner:
                         operation="project",
                     )
         except ProjectionError as exc:
-            # The batch rolled back: apply the events before the refused one,
-            # so the checkpoint stops just before it, not at the batch start.
-            index = next((i for i, e in enumerate(events) if e.event_id == exc.event.event_id), 0)
+            # The batch rolled back. An operator may have decided to pass
+            # over this event (eventstore project skip): apply the batch
+            # without it. Otherwise apply the events before it, so the
+            # checkpoint stops just before it, not at the batch start.
+            refused = exc.event.event_id
+            decision = self._skip_decision(conn, exc.event)
+            if decision is not None and refused not in skipped:
+                log.warning(
+                    "projection %s: passing over event %s, which it refuses (%s), as %s "
+                    "decided: %s",
+                    self.projection.name,
+                    refused,
+                    exc.reason,
+                    decision[1],
+                    decision[0],
+                )
+                return self._apply(conn, checkpoint, events, skipped | {refused})
+            index = next((i for i, e in enumerate(events) if e.event_id == refused), 0)
             if index > 0:
-                self._apply(conn, checkpoint, events[:index])
+                self._apply(conn, checkpoint, events[:index], skipped)
             conn.execute(sql.RECORD_ERROR, (str(exc), exc.event.event_id, self.name))
             raise  # the caller reports it (once); status shows it from the table
         return last.checkpoint
+
+    def _skip_decision(
+        self, conn: psycopg.Connection[Any], event: StoredEvent
+    ) -> tuple[str, str] | None:
+        """(reason, actor) of an operator's decision to pass over ``event``."""
+        row = conn.execute(
+            sql.SKIP_DECISION,
+            (skip_stream(self.projection.name), SKIP_EVENT_TYPE, str(event.event_id)),
+        ).fetchone()
+        return None if row is None else (str(row[0]), str(row[1]))
 
     def run(self, stop: threading.Event, *, progress: Progress | None = None) -> None:
         """The long-running worker: standby until active, then catch up,

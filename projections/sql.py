@@ -157,6 +157,13 @@ UPDATE utcp.projection_checkpoints
        last_error = NULL, last_error_at = NULL, last_error_event = NULL
  WHERE projection = %s"""
 
+# An operator's decision to pass over a refused event (eventstore project skip).
+SKIP_DECISION: Final = """
+SELECT data ->> 'reason', data ->> 'actor'
+  FROM utcp.stored_events
+ WHERE stream_id = %s AND type = %s AND data ->> 'event_id' = %s
+ LIMIT 1"""
+
 RECORD_ERROR: Final = """
 UPDATE utcp.projection_checkpoints
    SET last_error = %s, last_error_at = now(), last_error_event = %s

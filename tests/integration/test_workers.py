@@ -400,3 +400,26 @@ def test_a_poison_event_stops_the_projection_before_it(poison_dsn: str) -> None:
     cash = one_value(dsn, "SELECT cash FROM utcp.portfolios WHERE portfolio_id = 'alpha'")
     assert cash == Decimal(1000) - (2 * Decimal("100.5") + 1)
     assert one_value(dsn, "SELECT count(*) FROM utcp.trades") == 1
+
+    # The way past it: an operator's decision, recorded in the log.
+    event = str(poison_event.event_id)
+    refused = run_cli("project", "skip", "not-an-id", "--reason", "x", "--dsn", dsn, check=False)
+    assert refused.returncode == 1 and "not an event id" in refused.stderr
+    unknown = str(uuid.uuid4())
+    missing = run_cli("project", "skip", unknown, "--reason", "x", "--dsn", dsn, check=False)
+    assert missing.returncode == 1 and f"no event {unknown}" in missing.stderr
+    skip = ("project", "skip", event, "--reason", "booked to a portfolio never opened")
+    decided = run_cli(*skip, "--actor", "ops-alice", "--dsn", dsn)
+    assert f"passes over event {event}" in decided.stdout
+    again = run_cli(*skip, "--dsn", dsn)
+    assert "already decided by ops-alice: booked to a portfolio never opened" in again.stdout
+    caught = run_cli("project", "catch-up", "--dsn", dsn)
+    assert caught.stdout.startswith("caught up: 3 events applied")  # poison, deposit, decision
+    record = json.loads(run_cli("project", "status", "--json", "--dsn", dsn).stdout)
+    assert record["last_error"] is None and record["lag_events"] == 0
+    assert record["events_processed"] == len(log) + 1
+    cash = one_value(dsn, "SELECT cash FROM utcp.portfolios WHERE portfolio_id = 'alpha'")
+    assert cash == Decimal(1500) - (2 * Decimal("100.5") + 1)  # the deposit after it counted
+    assert one_value(dsn, "SELECT count(*) FROM utcp.trades WHERE trade_id = 't-ghost'") == 0
+    # A rebuild from scratch makes the same decision: nothing differs.
+    assert run_cli("project", "rebuild", "--dry-run", "--dsn", dsn).returncode == 0
