@@ -129,6 +129,8 @@ def parse_json_object(text: str, option: str) -> dict[str, Any]:
         value = msgspec.json.decode(text)
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
         raise ValidationError(f"{option} is not valid JSON: {exc}", field=field) from exc
+    except RecursionError:
+        raise ValidationError(f"{option} is nested too deeply", field=field) from None
     if not isinstance(value, dict):
         raise ValidationError(
             f"{option} must be a JSON object, got {type(value).__name__}", field=field
@@ -147,7 +149,10 @@ def parse_json_object(text: str, option: str) -> dict[str, Any]:
 
     # msgspec accepted it, so the standard library parses it too: this pass
     # only looks at each number's literal text.
-    json.loads(text, parse_float=check)
+    try:
+        json.loads(text, parse_float=check)
+    except RecursionError:
+        raise ValidationError(f"{option} is nested too deeply", field=field) from None
     if inexact:
         raise ValidationError(
             f"{option}: the number {inexact[0]} cannot be stored exactly as a JSON number "

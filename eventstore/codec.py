@@ -100,8 +100,10 @@ def _is_utf8(text: str) -> bool:
     return True
 
 
-def check_stream_id(stream_id: object) -> str:
-    return check_identifier(stream_id, "stream_id", what="stream id", stream_id=None)
+def check_stream_id(stream_id: object, operation: str = "append") -> str:
+    return check_identifier(
+        stream_id, "stream_id", what="stream id", stream_id=None, operation=operation
+    )
 
 
 #: Leaves that need no look at all.
@@ -147,6 +149,8 @@ def _encode_checked(value: Any, where: str, ctx: dict[str, Any]) -> bytes:
     """
     try:
         encoded = encoder.encode(value)
+    except RecursionError:
+        raise _fail(f"{where} is nested too deeply", where, **ctx) from None
     except (TypeError, UnicodeEncodeError, msgspec.EncodeError) as exc:
         check_value(value, where, ctx)
         raise _fail(f"cannot encode as JSON: {exc}", where, **ctx) from exc
@@ -319,7 +323,10 @@ def prepare_append(
                 f"{where}.type",
                 **ctx,
             )
-        data, symbol, when = _payload(event, registry, where, ctx)
+        try:
+            data, symbol, when = _payload(event, registry, where, ctx)
+        except RecursionError:
+            raise _fail(f"{where}.data is nested too deeply", f"{where}.data", **ctx) from None
         data_json = _encode_checked(data, f"{where}.data", ctx)
         meta_json = None
         if event.metadata is not None:

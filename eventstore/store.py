@@ -180,12 +180,26 @@ class StoreStatus(msgspec.Struct, frozen=True):
     xid_hazard: str | None
 
 
+#: The largest bigint: versions, positions and limits beyond it are refused
+#: here (PostgreSQL would not find a function taking a numeric).
+MAX_BIGINT: Final = 2**63 - 1
+
+
 def _parse_checkpoint(after: str | None) -> tuple[str, int]:
     if after is None:
         return START
     if isinstance(after, str):
         tx, sep, pos = after.partition("/")
-        if sep and tx.isdigit() and pos.isdigit():
+        # ASCII digits only ('²'.isdigit() is true), within xid8 and bigint.
+        if (
+            sep
+            and tx.isascii()
+            and tx.isdigit()
+            and pos.isascii()
+            and pos.isdigit()
+            and int(tx) < 2**64
+            and int(pos) <= MAX_BIGINT
+        ):
             return tx, int(pos)
     raise ValidationError(
         f"malformed checkpoint {after!r}: pass a StoredEvent.checkpoint",
@@ -283,6 +297,16 @@ class EventStore:
         ``settings`` to :meth:`Settings.from_env`.
         """
         dsn = dsn if dsn is not None else os.environ.get(DSN_ENV)
+        if dsn is not None and not isinstance(dsn, str):
+            raise ValidationError(
+                f"dsn must be a string, got {type(dsn).__name__}", field="dsn", operation="open"
+            )
+        if settings is not None and not isinstance(settings, Settings):
+            raise ValidationError(
+                f"settings must be a Settings, got {type(settings).__name__}",
+                field="settings",
+                operation="open",
+            )
         if not dsn:
             raise ValidationError(
                 f"no database given: pass dsn= or set {DSN_ENV}", field="dsn", operation="open"
@@ -526,12 +550,12 @@ class EventStore:
         if (
             isinstance(expected_version, int)
             and not isinstance(expected_version, bool)
-            and expected_version >= 0
+            and 0 <= expected_version <= MAX_BIGINT
         ):
             return expected_version
         raise ValidationError(
-            f"expected_version must be ANY, NO_STREAM, STREAM_EXISTS or an int >= 0, "
-            f"got {expected_version!r}",
+            f"expected_version must be ANY, NO_STREAM, STREAM_EXISTS or an int from 0 to "
+            f"{MAX_BIGINT}, got {expected_version!r}",
             field="expected_version",
             operation="append",
             stream_id=stream_id if isinstance(stream_id, str) else None,
@@ -635,10 +659,16 @@ class EventStore:
         self, stream_id: str, *, from_version: int = 1, limit: int | None = None
     ) -> list[StoredEvent]:
         """The events of one stream, from ``from_version`` on, in version order."""
-        check_stream_id(stream_id)
-        if not isinstance(from_version, int) or from_version < 1:
+        check_stream_id(stream_id, "read_stream")
+        if (
+            not isinstance(from_version, int)
+            or isinstance(from_version, bool)
+            or not 1 <= from_version <= MAX_BIGINT
+        ):
             raise ValidationError(
-                "from_version must be an int >= 1", field="from_version", operation="read_stream"
+                f"from_version must be an int from 1 to {MAX_BIGINT}",
+                field="from_version",
+                operation="read_stream",
             )
         self._check_limit(limit, "read_stream", allow_none=True)
         return self._fetch_events(
@@ -647,7 +677,7 @@ class EventStore:
 
     def stream_version(self, stream_id: str) -> int:
         """The stream's current version (0 when it does not exist)."""
-        check_stream_id(stream_id)
+        check_stream_id(stream_id, "stream_version")
 
         def work(_: int) -> int:
             with self._pool.connection() as conn:
@@ -730,8 +760,10 @@ class EventStore:
     def _check_limit(limit: object, operation: str, *, allow_none: bool = False) -> None:
         if limit is None and allow_none:
             return
-        if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
-            raise ValidationError("limit must be an int >= 1", field="limit", operation=operation)
+        if not isinstance(limit, int) or isinstance(limit, bool) or not 1 <= limit <= MAX_BIGINT:
+            raise ValidationError(
+                f"limit must be an int from 1 to {MAX_BIGINT}", field="limit", operation=operation
+            )
 
     def _fetch_events(
         self, operation: str, query: Any, params: Any, *, stream_id: str | None = None
@@ -753,7 +785,7 @@ class EventStore:
         up as a problem. A stream's newest events are covered by the anchors
         taken after them (:meth:`anchor`)."""
         if stream_id is not None:
-            check_stream_id(stream_id)
+            check_stream_id(stream_id, "verify_chain")
         self._check_limit(limit, "verify_chain")
         params = {"stream_id": stream_id, "limit": limit}
 

@@ -88,6 +88,18 @@ def trade_data(**changes: Any) -> dict[str, Any]:
 _MISSING = object()
 
 
+def _deep(levels: int) -> dict[str, Any]:
+    root: dict[str, Any] = {}
+    node = root
+    for _ in range(levels):
+        node["a"] = {}
+        node = node["a"]
+    return root
+
+
+DEEP = _deep(5000)
+
+
 def ev(data: Any, metadata: Any = None, type: str = "Generic") -> list[NewEvent]:
     return [NewEvent(type, data, metadata)]
 
@@ -289,6 +301,32 @@ APPEND_CASES: list[tuple[str, Any, Any, str | None]] = [
         "events[0].data.trade_id",
     ),
     ("trade list payload", None, ev([trade_data()], type="TradeExecuted"), "events[0].data"),
+    # what a reader could not load back, or the rules could not compute with
+    (
+        "year 1 east of UTC",
+        None,
+        ev({"occurred_at": "0001-01-01T01:00:00+05:00"}),
+        "events[0].data.occurred_at",
+    ),
+    (
+        "year 10000 in UTC",
+        None,
+        ev({"occurred_at": "9999-12-31T22:00:00-05:00"}),
+        "events[0].data.occurred_at",
+    ),
+    (
+        "huge quantity",
+        None,
+        ev(trade_data(quantity="1E+999999"), type="TradeExecuted"),
+        "events[0].data.quantity",
+    ),
+    (
+        "tiny price",
+        None,
+        ev(trade_data(price="1E-20000"), type="TradeExecuted"),
+        "events[0].data.price",
+    ),
+    ("nested too deeply", None, ev(DEEP), "events[0].data"),
 ]
 
 
@@ -549,3 +587,38 @@ def test_a_valid_struct_bypassing_constructor_checks_is_still_validated(
         lambda: store.append(stream, [NewEvent("TradeExecuted", trade)]),
         "events[0].data.symbol",
     )
+
+
+@pytest.mark.parametrize(
+    ("call", "field", "operation"),
+    [
+        (
+            lambda s: s.append("acct-big", ev({}), expected_version=2**63),
+            "expected_version",
+            "append",
+        ),
+        (lambda s: s.read_stream("acct-1", from_version=True), "from_version", "read_stream"),
+        (lambda s: s.read_stream("acct-1", from_version=2**63), "from_version", "read_stream"),
+        (lambda s: s.read_all(limit=2**63), "limit", "read_all"),
+        (lambda s: s.read_all(after="1/\u00b2"), "after", "read_all"),  # a superscript two
+        (lambda s: s.read_all(after="\u0663/1"), "after", "read_all"),  # an Arabic-Indic three
+        (lambda s: s.read_all(after=f"{2**64}/1"), "after", "read_all"),
+        (lambda s: s.read_stream(""), "stream_id", "read_stream"),
+        (lambda s: s.stream_version(None), "stream_id", "stream_version"),
+    ],
+)
+def test_out_of_range_arguments_are_refused_by_name(
+    store: EventStore, call: Callable[[EventStore], object], field: str, operation: str
+) -> None:
+    with pytest.raises(ValidationError) as info:
+        call(store)
+    assert (info.value.field, info.value.operation) == (field, operation)
+
+
+@pytest.mark.parametrize(
+    ("args", "field"), [((5,), "dsn"), (("x", {"pool_min_size": 1}), "settings")]
+)
+def test_open_refuses_arguments_of_the_wrong_type(args: tuple[Any, ...], field: str) -> None:
+    with pytest.raises(ValidationError) as info:
+        EventStore.open(*args)
+    assert info.value.field == field
