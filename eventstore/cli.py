@@ -102,10 +102,36 @@ def _db(args: argparse.Namespace) -> int:
     elif args.db_command == "verify":
         sqitch.verify(dsn)
     elif args.db_command == "revert":
+        events = _logged_events(dsn)
+        if events and not args.yes:
+            raise EventStoreError(
+                f"the log holds {events:,} event{'' if events == 1 else 's'}: a revert can "
+                "drop them and their "
+                "idempotency keys for good. Back up first (docs/runbook.md), then run it again "
+                "with --yes",
+                operation="db revert",
+            )
         sqitch.revert(dsn, to=args.to)
     elif args.db_command == "status":
         sqitch.status(dsn)
     return 0
+
+
+def _logged_events(dsn: str) -> int:
+    """How many events the log at ``dsn`` holds (0 when there is no log)."""
+    try:
+        with psycopg.connect(dsn, autocommit=True, connect_timeout=10) as conn:
+            row = conn.execute(
+                "SELECT CASE WHEN to_regclass('utcp.stored_events') IS NULL THEN 0 "
+                "ELSE (SELECT count(*) FROM utcp.stored_events) END"
+            ).fetchone()
+    except psycopg.Error as exc:
+        raise StorageUnavailable(
+            f"cannot read the log before reverting: {str(exc).strip().splitlines()[0]}",
+            operation="db revert",
+            sqlstate=exc.sqlstate,
+        ) from exc
+    return int(row[0]) if row else 0
 
 
 def sqitch_target_name(dsn: str) -> str:
@@ -1004,6 +1030,11 @@ def build_parser() -> argparse.ArgumentParser:
         _add_dsn(sub)
         if name == "revert":
             sub.add_argument("--to", help="revert down to this change (kept)")
+            sub.add_argument(
+                "--yes",
+                action="store_true",
+                help="revert even though the log holds events (they can be dropped for good)",
+            )
         sub.set_defaults(handler=_db)
 
     append = commands.add_parser("append", help="append one event to a stream")

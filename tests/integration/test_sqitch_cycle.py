@@ -96,13 +96,19 @@ def test_deploy_verify_revert_deploy_on_an_empty_database(empty_db_name: str) ->
     assert again.returncode == 0, again.stderr
     assert all(schema_state(dsn).values())
 
+    # the log holds events: a revert asks for --yes and changes nothing
+    refused = run_cli("db", "revert", "--dsn", dsn, "--to", "stored_events", check=False)
+    assert refused.returncode == 1
+    assert "the log holds 1 event:" in refused.stderr and "--yes" in refused.stderr
+    assert all(schema_state(dsn).values())
+
     # revert down to a change keeps that change and the ones before it
-    run_cli("db", "revert", "--dsn", dsn, "--to", "stored_events")
+    run_cli("db", "revert", "--dsn", dsn, "--to", "stored_events", "--yes")
     partial = schema_state(dsn)
     assert partial["schema"] and partial["events"]
     assert not partial["keys"] and not partial["index"] and not partial["append"]
 
-    reverted = run_cli("db", "revert", "--dsn", dsn, check=False)
+    reverted = run_cli("db", "revert", "--dsn", dsn, "--yes", check=False)
     assert reverted.returncode == 0, reverted.stdout + reverted.stderr
     assert schema_state(dsn) == dict.fromkeys(
         ("schema", "events", "keys", "index", "append"), False
