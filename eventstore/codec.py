@@ -256,6 +256,15 @@ def _payload(
             # Struct constructors do not check Meta constraints: a Struct is
             # validated through to_builtins → convert, like a mapping is.
             raw = msgspec.to_builtins(data) if isinstance(data, msgspec.Struct) else dict(data)
+            unknown = sorted(k for k in raw if k not in schema.struct.__struct_fields__)
+            if unknown:
+                # msgspec would drop it silently: an audit log does not.
+                raise _fail(
+                    f"{event.type} has no field {unknown[0]!r} "
+                    f"(its fields: {', '.join(schema.struct.__struct_fields__)})",
+                    f"{where}.data.{unknown[0]}",
+                    **ctx,
+                )
             data = msgspec.convert(raw, schema.struct, strict=False)
         except msgspec.ValidationError as exc:
             raise _fail(

@@ -164,6 +164,7 @@ def test_events(events: Any, field: str) -> None:
         ({"executed_at": "not a time"}, "events[0].data.executed_at"),
         ({"executed_at": "0001-01-01T03:00:00+05:00"}, "events[0].data.executed_at"),
         ({"executed_at": "9999-12-31T20:00:00-05:00"}, "events[0].data.executed_at"),
+        ({"extra": 1}, "events[0].data.extra"),  # not dropped silently
         ({"quantity": "1E+999999"}, "events[0].data.quantity"),
         ({"quantity": "1000000000000000"}, "events[0].data.quantity"),
         ({"price": "0.0000000000000000001"}, "events[0].data.price"),
