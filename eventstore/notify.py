@@ -38,9 +38,17 @@ class Notifier:
             self._pending.set()
 
     def close(self) -> None:
+        """Stop the thread; an append it has not announced yet is announced
+        now (a short-lived process, `eventstore append`, would lose it)."""
+        unsent = self._pending.is_set()
         self._closed.set()
         self._pending.set()
         self._thread.join(timeout=5)
+        if unsent:
+            try:
+                self._send()
+            except Exception as exc:  # a hint only: readers poll anyway
+                log.warning("could not send the wake-up notification: %s", exc)
 
     def _loop(self) -> None:
         while True:

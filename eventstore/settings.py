@@ -73,8 +73,13 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         for name, ok in checks:
             value = getattr(self, name)
             if not ok or (isinstance(value, float) and not math.isfinite(value)):
+                why = (
+                    f" (it must be at least pool_min_size={self.pool_min_size!r})"
+                    if name == "pool_max_size"
+                    else ""
+                )
                 raise ValidationError(
-                    f"invalid setting {name}={getattr(self, name)!r}",
+                    f"invalid setting {name}={getattr(self, name)!r}{why}",
                     field=name,
                     operation="settings",
                 )
@@ -103,8 +108,13 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
 
     def connection_options(self) -> str:
         """libpq ``options``: server settings applied at connect, no round trip."""
-        statement_ms = int(self.statement_timeout * 1000)
-        idle_ms = int(self.idle_in_transaction_session_timeout * 1000)
+        # 0 means "no limit" to PostgreSQL: a positive timeout is at least 1 ms.
+        statement_ms = _ms(self.statement_timeout)
+        idle_ms = _ms(self.idle_in_transaction_session_timeout)
         return (
             f"-c statement_timeout={statement_ms} -c idle_in_transaction_session_timeout={idle_ms}"
         )
+
+
+def _ms(seconds: float) -> int:
+    return 0 if seconds == 0 else max(1, round(seconds * 1000))

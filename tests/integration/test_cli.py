@@ -524,3 +524,13 @@ def test_json_output_is_msgspec_decodable(database_dsn: str, stream: str) -> Non
     record["hash"] = bytes.fromhex(record["hash"])
     event = msgspec.convert(record, StoredEvent)
     assert event.symbol == "MSFT" and event.stream_id == stream
+
+
+def test_a_short_lived_append_still_wakes_listeners(database_dsn: str, stream: str) -> None:
+    """`eventstore append` exits right after its append: the wake-up it owes
+    live readers (a projection worker) is sent before it closes."""
+    with psycopg.connect(database_dsn, autocommit=True) as listener:
+        listener.execute("LISTEN utcp_events")
+        ok(database_dsn, "append", stream, "NoteAdded", "--data", '{"text": "hello"}')
+        woke = list(listener.notifies(timeout=10, stop_after=1))
+    assert [n.channel for n in woke] == ["utcp_events"]
