@@ -66,9 +66,12 @@ log = logging.getLogger("projections")
 PROJECTIONS: Final = {TradingProjection.name: TradingProjection}
 DEFAULT_BATCH: Final = 1000
 DEFAULT_LOCK_TIMEOUT: Final = 60.0
-#: The swap waits this long for readers' locks, then tries again.
-SWAP_LOCK_TIMEOUT: Final = 10.0
-SWAP_ATTEMPTS: Final = 3
+#: Each try of the swap waits this long for readers' locks: while it waits,
+#: its queued lock holds new readers back too, so a try is short...
+SWAP_LOCK_TIMEOUT: Final = 0.1
+#: ...and the swap tries again, letting readers through in between, for
+#: up to this long in all.
+SWAP_WAIT: Final = 30.0
 #: Passes of the unlocked rebuild towards the head before pausing the live
 #: worker. While the rebuild reads faster than writers append, each pass is
 #: shorter than the last and the pause (the sync) is short; when it does
@@ -347,10 +350,14 @@ def _index_renames(conn: psycopg.Connection[Any], live: str, shadow: str) -> lis
 
 def _swap(conn: psycopg.Connection[Any], shadow: Tables, name: str, checkpoint_name: str) -> None:
     """One transaction: live → old, shadow → live, checkpoint copied, old
-    dropped, indexes renamed to the canonical names. Retried when readers'
-    locks keep it waiting longer than SWAP_LOCK_TIMEOUT."""
+    dropped, indexes renamed to the canonical names. Each try waits at most
+    SWAP_LOCK_TIMEOUT for readers' locks (a reader queues behind it no
+    longer than that); tries go on for SWAP_WAIT."""
     all_tables = pgsql.SQL(", ").join(_ident(t) for t in (*LIVE.names(), *shadow.names()))
-    for attempt in range(1, SWAP_ATTEMPTS + 1):
+    deadline = time.monotonic() + SWAP_WAIT
+    tries = 0
+    while True:
+        tries += 1
         try:
             with conn.transaction():
                 conn.execute(
@@ -386,14 +393,15 @@ def _swap(conn: psycopg.Connection[Any], shadow: Tables, name: str, checkpoint_n
                 conn.execute(sql.DELETE_CHECKPOINT, (checkpoint_name,))
             return
         except psycopg.errors.LockNotAvailable as exc:
-            if attempt == SWAP_ATTEMPTS:
+            if time.monotonic() >= deadline:
                 raise RebuildError(
-                    f"projection {name!r}: the swap could not lock the tables in "
-                    f"{SWAP_ATTEMPTS} tries of {SWAP_LOCK_TIMEOUT:g} s (long-running readers?); "
-                    "nothing was swapped",
+                    f"projection {name!r}: the swap could not lock the tables within "
+                    f"{SWAP_WAIT:g} s ({tries} tries; long-running readers?); nothing was swapped",
                     operation="rebuild",
                 ) from exc
-            log.warning("projection %s: swap waited too long for readers; again", name)
+            if tries % 20 == 0:
+                log.warning("projection %s: the swap is still waiting for readers", name)
+            time.sleep(min(0.5, 0.02 * tries))  # readers get through in between
 
 
 def _cleanup(builder: ProjectionRunner, shadow: Tables) -> None:

@@ -15,6 +15,7 @@ import pytest
 
 from eventstore import EventStore, NewEvent, Settings, StorageAdapter, StoredEvent
 from projections import ProjectionRunner
+from projections import rebuild as rebuild_module
 from projections.rebuild import RebuildError, RebuildReport, rebuild
 from projections.runner import checkpoint_order
 from projections.sql import LIVE
@@ -343,3 +344,40 @@ def test_a_rebuild_ends_while_writers_outpace_it() -> None:
             assert status.events_processed == count_events(dsn, through=report.checkpoint)
             assert status.events_processed > 100 + 3 * batch
             assert one_value(dsn, "SELECT count(*) FROM utcp.trades") == desk.executed
+
+
+def test_a_swap_that_cannot_lock_never_holds_readers_back_for_long(
+    store: EventStore, dsn: str, desk: TradingDesk, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A reader that keeps its transaction open stops the swap, but the
+    swap's queued lock holds other readers back only for short tries."""
+    monkeypatch.setattr(rebuild_module, "SWAP_WAIT", 2.0)
+    run_cli("project", "catch-up", "--dsn", dsn)
+    waits: list[float] = []
+    stop = threading.Event()
+
+    def probe() -> None:
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            while not stop.is_set():
+                started = time.monotonic()
+                conn.execute("SELECT count(*) FROM utcp.trades").fetchone()
+                waits.append(time.monotonic() - started)
+                time.sleep(0.01)
+
+    # A transaction left open on positions; the probe reads trades, which
+    # the swap has locked by the time it waits for positions.
+    with psycopg.connect(dsn) as long_reader:
+        long_reader.execute("SELECT count(*) FROM utcp.positions").fetchone()
+        prober = threading.Thread(target=probe, daemon=True)
+        prober.start()
+        try:
+            with pytest.raises(RebuildError, match=r"could not lock the tables within 2 s"):
+                rebuild(store, dsn)
+        finally:
+            stop.set()
+            prober.join(timeout=WAIT)
+        long_reader.rollback()
+    assert len(waits) > 20
+    assert max(waits) < 1.0, f"a reader waited {max(waits):.2f} s behind the swap"
+    assert_canonical_tables(dsn)
+    no_differences(rebuild(store, dsn, dry_run=True))
