@@ -105,6 +105,25 @@ def test_owner_and_superuser_are_refused_by_triggers(
     assert snapshot(admin, written) == before
 
 
+def test_a_superuser_in_replica_mode_is_refused_too(
+    admin: psycopg.Connection[Any], written: dict[str, str]
+) -> None:
+    """session_replication_role = replica silences ordinary triggers; the
+    append-only ones fire always (sqitch change guards_always)."""
+    before = snapshot(admin, written)
+    statements = [
+        *CHANGES.values(),
+        "DELETE FROM utcp.chain_anchors",
+        "TRUNCATE utcp.chain_anchors",
+    ]
+    for statement in statements:
+        with pytest.raises(psycopg.Error) as info, admin.transaction(force_rollback=True):
+            admin.execute("SET LOCAL session_replication_role = replica")
+            admin.execute(statement, written if "%(" in statement else None)
+        assert info.value.sqlstate == "UT003", statement
+    assert snapshot(admin, written) == before
+
+
 def test_table_owner_role_is_refused_by_triggers(
     admin: psycopg.Connection[Any], written: dict[str, str]
 ) -> None:
