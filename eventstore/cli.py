@@ -745,6 +745,11 @@ def _project_status(args: argparse.Namespace) -> int:
     print(f"checkpoint:        {status.checkpoint}")
     print(f"events processed:  {status.events_processed:,}")
     print(f"lag:               {lag}")
+    if status.waiting_events:
+        print(
+            f"waiting:           {status.waiting_events:,} committed events behind an open "
+            "transaction (see `eventstore status`)"
+        )
     if status.active_worker_pid is None:
         print("worker:            none active (start one: eventstore project run)")
     else:

@@ -190,12 +190,16 @@ SELECT checkpoint_tx::text || '/' || checkpoint_position::text, events_processed
 
 # Events a reader after this checkpoint can read now (the same horizon as
 # EventStore.read_all), and how old the oldest of them is.
+# Lag: events a reader can see after the checkpoint, the age of the oldest,
+# and committed events not yet readable (behind an older open transaction).
 STATUS_LAG: Final = """
-SELECT count(*),
-       coalesce(greatest(0, extract(epoch FROM clock_timestamp() - min(created_at))), 0)::float8
-  FROM utcp.stored_events
- WHERE (tx_id, position) > (%s::xid8, %s)
-   AND tx_id < pg_snapshot_xmin(pg_current_snapshot())"""
+SELECT count(*) FILTER (WHERE e.tx_id < h.xmin),
+       coalesce(greatest(0, extract(epoch FROM clock_timestamp()
+                                    - min(e.created_at) FILTER (WHERE e.tx_id < h.xmin))),
+                0)::float8,
+       count(*) FILTER (WHERE e.tx_id >= h.xmin)
+  FROM utcp.stored_events e, (SELECT pg_snapshot_xmin(pg_current_snapshot()) AS xmin) h
+ WHERE (e.tx_id, e.position) > (%s::xid8, %s)"""
 
 STATUS_LOCKS: Final = """
 SELECT (SELECT pid FROM pg_locks

@@ -45,6 +45,9 @@ class ProjectionStatus(msgspec.Struct, frozen=True):
     last_error: str | None
     last_error_at: dt.datetime | None
     last_error_event: uuid.UUID | None
+    #: Committed events no reader can see yet: an older transaction in the
+    #: cluster is still open (``eventstore status`` names it). Not lag yet.
+    waiting_events: int = 0
 
 
 def projection_status(store: EventStore, name: str = "trading") -> ProjectionStatus:
@@ -59,7 +62,7 @@ def projection_status(store: EventStore, name: str = "trading") -> ProjectionSta
         error, error_at, error_event = None, None, None
     tx, pos = parse_checkpoint(str(checkpoint))
     lag_rows = store.query("project_status", sql.STATUS_LAG, (tx, pos))
-    lag_events, lag_seconds = lag_rows[0] if lag_rows else (0, 0.0)
+    lag_events, lag_seconds, waiting = lag_rows[0] if lag_rows else (0, 0.0, 0)
     locks = store.query(
         "project_status",
         sql.STATUS_LOCKS,
@@ -72,6 +75,7 @@ def projection_status(store: EventStore, name: str = "trading") -> ProjectionSta
         events_processed=int(processed),
         lag_events=int(lag_events),
         lag_seconds=float(lag_seconds) if lag_events else 0.0,
+        waiting_events=int(waiting),
         active_worker_pid=None if worker is None else int(worker),
         rebuild_pid=None if rebuilder is None else int(rebuilder),
         last_event_at=last_event_at,

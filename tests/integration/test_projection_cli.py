@@ -158,6 +158,7 @@ def test_catch_up_fails_fast_while_a_worker_is_active(dsn: str, store: EventStor
         assert "--wait" in busy.stderr
 
         code, shown = status_json(dsn)
+        assert code == 0
         assert code == 0 and shown["active_worker_pid"] == pid
         human = run_cli("project", "status", "--dsn", dsn)
         assert f"worker:            active (pid {pid}" in human.stdout
@@ -270,3 +271,20 @@ def test_rebuild_help_says_what_happens_to_differences() -> None:
     assert "exit status: 0 no differences; 3 rows differed" in text
     bad = run_cli("project", "rebuild", "nonsense", check=False)
     assert bad.returncode == 2
+
+
+def test_status_shows_events_waiting_behind_an_open_transaction(
+    dsn: str, store: EventStore, desk: TradingDesk
+) -> None:
+    run_cli("project", "catch-up", "--dsn", dsn)
+    with psycopg.connect(dsn) as older:  # a transaction with an id, left open
+        older.execute("SELECT pg_current_xact_id()").fetchone()
+        desk.step()
+        code, shown = status_json(dsn)
+        assert code == 0
+        assert (shown["lag_events"], shown["waiting_events"]) == (0, 1)
+        human = run_cli("project", "status", "--dsn", dsn).stdout
+        assert "waiting:           1 committed events behind an open transaction" in human
+        older.rollback()
+    _, after = status_json(dsn)
+    assert (after["lag_events"], after["waiting_events"]) == (1, 0)
