@@ -253,8 +253,12 @@ class Sqitch:
         )
 
     def ensure_database(self, dsn: str) -> bool:
-        """Create the DSN's database if it does not exist. True if it was created."""
-        return _ensure_database(build_target(dsn, self._base_env()), operation="db create")
+        """Create the DSN's database if it does not exist. True if it was created.
+        Sqitch's own needs are checked first, so a machine without sqitch
+        gets the install hint, not an empty database."""
+        target = build_target(dsn, self._base_env())
+        self._preflight(target, "db deploy")
+        return _ensure_database(target, operation="db create")
 
     # -- plumbing --------------------------------------------------------
 

@@ -8,6 +8,8 @@ test, in the order an operator would run it.
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -144,3 +146,21 @@ def test_open_store_on_an_undeployed_database_fails_clearly(empty_db_name: str) 
     with pytest.raises(SchemaNotDeployed) as info:
         EventStore.open(dsn_for(empty_db_name), Settings(pool_min_size=1))
     assert "eventstore db deploy" in str(info.value)
+
+
+def test_deploy_without_sqitch_says_how_to_install_it_and_creates_nothing(
+    empty_db_name: str, tmp_path: Path
+) -> None:
+    dsn = dsn_for(empty_db_name)
+    proc = subprocess.run(
+        [sys.executable, "-m", "eventstore", "db", "deploy", "--dsn", dsn],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        env={**os.environ, "PATH": str(tmp_path)},  # no sqitch, no psql
+    )
+    assert proc.returncode == 1
+    assert "sqitch is not installed: run `sudo apt-get install -y sqitch" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not database_exists(empty_db_name)
