@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from decimal import Decimal, InvalidOperation
 from types import FrameType
-from typing import Any, TextIO
+from typing import Any, ClassVar, TextIO
 
 import msgspec
 import psycopg
@@ -473,6 +473,17 @@ class ProgressDisplay:
     """Events applied so far, on stderr: a bar redrawn in place on a
     terminal, a plain line every few seconds otherwise (logs, pipes)."""
 
+    #: A bar drawn on a terminal and not finished: an error ends its line first.
+    unfinished: ClassVar[ProgressDisplay | None] = None
+
+    @classmethod
+    def end_line(cls) -> None:
+        """End an unfinished bar's line (before an error message)."""
+        if cls.unfinished is not None:
+            cls.unfinished.stream.write("\n")
+            cls.unfinished.stream.flush()
+            cls.unfinished = None
+
     def __init__(self, label: str, stream: TextIO | None = None, tty: bool | None = None) -> None:
         self.label = label
         self.stream = stream if stream is not None else sys.stderr
@@ -501,6 +512,8 @@ class ProgressDisplay:
         self.shown = None
         self.shown_at = None
         self.width = 0
+        if ProgressDisplay.unfinished is self:
+            ProgressDisplay.unfinished = None
 
     def _show(self, now: float) -> None:
         self.shown_at = now
@@ -513,6 +526,7 @@ class ProgressDisplay:
             padding = " " * max(0, self.width - len(line))
             self.width = len(line)
             self.stream.write(f"\r{line}{padding}")
+            ProgressDisplay.unfinished = self
         else:
             self.stream.write(f"{self.label}: {line}\n")
         self.stream.flush()
@@ -857,6 +871,11 @@ def _project_rebuild(args: argparse.Namespace) -> int:
     if report.swapped:
         if report.ok:
             print("swapped: the rebuilt tables are live")
+        elif report.live_error is not None:
+            print(
+                "swapped anyway: the rebuilt tables (the whole log under the current rules) "
+                "are live now, in place of a live projection that was stopped"
+            )
         else:
             print(
                 "swapped anyway: the rebuilt tables (the whole log under the current rules) "
@@ -1140,6 +1159,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         _silence_stdout()
         return EXIT_BROKEN_PIPE
     except EventStoreError as exc:
+        ProgressDisplay.end_line()
         print(f"eventstore: error: {exc}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:

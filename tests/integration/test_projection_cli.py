@@ -86,6 +86,22 @@ def test_progress_display_redraws_in_place_on_a_terminal() -> None:
     assert "\r" not in plain.getvalue()
 
 
+def test_an_error_starts_on_its_own_line_after_an_unfinished_bar() -> None:
+    out = io.StringIO()
+    display = ProgressDisplay("rebuild", out, tty=True)
+    display.update(5, 10)
+    ProgressDisplay.end_line()  # what the CLI does before printing an error
+    assert out.getvalue().endswith("\n")
+    ProgressDisplay.end_line()  # nothing unfinished now: nothing written
+    assert out.getvalue().count("\n") == 1
+    finished = io.StringIO()
+    bar = ProgressDisplay("rebuild", finished, tty=True)
+    bar.update(1, 2)
+    bar.finish()
+    ProgressDisplay.end_line()
+    assert finished.getvalue().count("\n") == 1
+
+
 def test_status_then_catch_up(dsn: str, store: EventStore, desk: TradingDesk) -> None:
     events = int(one_value(dsn, "SELECT count(*) FROM utcp.stored_events"))
     code, before = status_json(dsn)
