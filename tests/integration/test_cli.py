@@ -453,9 +453,11 @@ def tampered(admin: psycopg.Connection[Any], stream: str) -> Iterator[Any]:
     """Change one stored event behind the guards' back, and put it back."""
     saved: list[tuple[int, str]] = []
 
+    guard = "ALTER TABLE utcp.stored_events {} TRIGGER stored_events_no_update_delete"
+
     def tamper(version: int) -> None:
         with admin.transaction():
-            admin.execute("SET LOCAL session_replication_role = replica")  # no triggers
+            admin.execute(guard.format("DISABLE"))  # as a superuser could
             row = admin.execute(
                 "SELECT data::text FROM utcp.stored_events "
                 "WHERE stream_id = %s AND stream_version = %s",
@@ -468,16 +470,18 @@ def tampered(admin: psycopg.Connection[Any], stream: str) -> Iterator[Any]:
                 "WHERE stream_id = %s AND stream_version = %s",
                 (stream, version),
             )
+            admin.execute(guard.format("ENABLE ALWAYS"))
 
     yield tamper
     with admin.transaction():
-        admin.execute("SET LOCAL session_replication_role = replica")
+        admin.execute(guard.format("DISABLE"))
         for version, data in saved:
             admin.execute(
                 "UPDATE utcp.stored_events SET data = %s::jsonb "
                 "WHERE stream_id = %s AND stream_version = %s",
                 (data, stream, version),
             )
+        admin.execute(guard.format("ENABLE ALWAYS"))
 
 
 def test_verify(database_dsn: str, stream: str, store: EventStore, tampered: Any) -> None:

@@ -40,7 +40,7 @@ class ChainDb:
             self.conn.execute(f"ALTER TABLE utcp.stored_events DISABLE TRIGGER {TRIGGER}")
             for statement in statements:
                 self.conn.execute(statement, {"stream": stream})
-            self.conn.execute(f"ALTER TABLE utcp.stored_events ENABLE TRIGGER {TRIGGER}")
+            self.conn.execute(f"ALTER TABLE utcp.stored_events ENABLE ALWAYS TRIGGER {TRIGGER}")
 
     def new_stream(self, events: int = 4) -> str:
         """A stream written in two batches (so the chain crosses appends)."""
