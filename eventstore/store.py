@@ -333,15 +333,19 @@ class EventStore:
         # auth, database), where a pool would only say it timed out.
         guard = _OrderGuard()
         try:
-            with psycopg.connect(dsn, **kwargs) as conn:
-                cls._check_schema(conn)
-                guard.check(conn)
+            first = psycopg.connect(dsn, **kwargs)
         except psycopg.Error as exc:
             raise StorageUnavailable(
                 f"cannot connect to PostgreSQL: {_first_line(exc)}",
                 operation="open",
                 sqlstate=exc.sqlstate,
             ) from exc
+        with first as conn:
+            try:
+                cls._check_schema(conn)
+                guard.check(conn)
+            except psycopg.Error as exc:  # connected: not a connection problem
+                raise map_error(exc, "open") from exc
         pool = LifoConnectionPool(
             dsn,
             min_size=settings.pool_min_size,

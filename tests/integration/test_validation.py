@@ -25,6 +25,8 @@ from eventstore import (
     NewEvent,
     Settings,
     StorageAdapter,
+    StorageError,
+    StorageUnavailable,
     Trade,
     ValidationError,
 )
@@ -622,3 +624,21 @@ def test_open_refuses_arguments_of_the_wrong_type(args: tuple[Any, ...], field: 
     with pytest.raises(ValidationError) as info:
         EventStore.open(*args)
     assert info.value.field == field
+
+
+def test_open_without_permission_is_not_called_a_connection_problem(
+    admin: psycopg.Connection[Any], database_dsn: str
+) -> None:
+    """Connected, but the role may not use the schema: a StorageError that
+    says so, not the transient StorageUnavailable."""
+    role = f"utcp_noperm_{uuid.uuid4().hex[:6]}"
+    admin.execute(psycopg.sql.SQL("CREATE ROLE {} LOGIN").format(psycopg.sql.Identifier(role)))
+    try:
+        params = psycopg.conninfo.conninfo_to_dict(database_dsn)
+        params["user"] = role
+        with pytest.raises(StorageError) as info:
+            EventStore.open(psycopg.conninfo.make_conninfo(**params))
+        assert not isinstance(info.value, StorageUnavailable)
+        assert info.value.sqlstate == "42501" and "permission denied" in str(info.value)
+    finally:
+        admin.execute(psycopg.sql.SQL("DROP ROLE {}").format(psycopg.sql.Identifier(role)))
