@@ -42,7 +42,7 @@ _CONTROL: Final = re.compile(r"[\x00-\x1f\x7f]")
 
 
 class _WireEvent(msgspec.Struct, omit_defaults=True):
-    id: str
+    id: uuid.UUID
     type: str
     data: msgspec.Raw
     metadata: msgspec.Raw | None = None
@@ -237,9 +237,10 @@ def _as_time(value: Any, where: str, ctx: dict[str, Any]) -> str | None:
 
 
 def _payload(
-    event: NewEvent, registry: EventRegistry, where: str, ctx: dict[str, Any]
+    event: NewEvent, registry: EventRegistry, where: str, ctx: dict[str, Any], symbols: set[str]
 ) -> tuple[Any, str | None, str | None]:
-    """Validate one payload: (what to encode, symbol, business time)."""
+    """Validate one payload: (what to encode, symbol, business time).
+    ``symbols``: symbols already checked in this batch."""
     data = event.data
     schema = registry.get(event.type)
     if schema is not None:
@@ -289,8 +290,9 @@ def _payload(
         when = data.get("occurred_at")
     else:
         raise _fail("data must be a mapping or a msgspec Struct", f"{where}.data", **ctx)
-    if symbol is not None:
+    if symbol is not None and not (type(symbol) is str and symbol in symbols):
         symbol = check_identifier(symbol, f"{where}.data.symbol", what="symbol", **ctx)
+        symbols.add(symbol)
     return data, symbol, _as_time(when, f"{where}.data.occurred_at", ctx)
 
 
@@ -321,19 +323,24 @@ def prepare_append(
     ids: list[uuid.UUID] = []
     digest = hashlib.sha256(stream_id.encode()) if idempotency_key is not None else None
     seen: set[uuid.UUID] = set()
+    # A batch mostly repeats its types and symbols: each is checked once.
+    types: set[str] = set()
+    symbols: set[str] = set()
     for i, event in enumerate(events):
         where = f"events[{i}]"
         if not isinstance(event, NewEvent):
             raise _fail("each event must be a NewEvent", where, **ctx)
-        if not isinstance(event.type, str) or not TYPE_NAME.fullmatch(event.type):
-            raise _fail(
-                f"malformed event type {event.type!r}: a letter, then up to 127 letters, "
-                "digits or _ . : -",
-                f"{where}.type",
-                **ctx,
-            )
+        if not (type(event.type) is str and event.type in types):
+            if not isinstance(event.type, str) or not TYPE_NAME.fullmatch(event.type):
+                raise _fail(
+                    f"malformed event type {event.type!r}: a letter, then up to 127 letters, "
+                    "digits or _ . : -",
+                    f"{where}.type",
+                    **ctx,
+                )
+            types.add(event.type)
         try:
-            data, symbol, when = _payload(event, registry, where, ctx)
+            data, symbol, when = _payload(event, registry, where, ctx, symbols)
         except RecursionError:
             raise _fail(f"{where}.data is nested too deeply", f"{where}.data", **ctx) from None
         data_json = _encode_checked(data, f"{where}.data", ctx)
@@ -366,7 +373,7 @@ def prepare_append(
         ids.append(event_id)
         wire.append(
             _WireEvent(
-                id=str(event_id),
+                id=event_id,
                 type=event.type,
                 data=msgspec.Raw(data_json),
                 metadata=None if meta_json is None else msgspec.Raw(meta_json),
