@@ -34,7 +34,7 @@ from projections.runner import skip_stream
 from projections.status import projection_status
 
 from . import sql as store_sql
-from .errors import EventStoreError, StorageUnavailable, ValidationError
+from .errors import EventStoreError, StorageUnavailable, ValidationError, first_line
 from .events import (
     ANY,
     NO_STREAM,
@@ -127,7 +127,7 @@ def _logged_events(dsn: str) -> int:
             ).fetchone()
     except psycopg.Error as exc:
         raise StorageUnavailable(
-            f"cannot read the log before reverting: {str(exc).strip().splitlines()[0]}",
+            f"cannot read the log before reverting: {first_line(exc)}",
             operation="db revert",
             sqlstate=exc.sqlstate,
         ) from exc
@@ -682,9 +682,8 @@ def _project_run(args: argparse.Namespace) -> int:
                 CheckpointMoved,
             ) as exc:
                 runner.release()
-                first = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
                 print(
-                    f"eventstore: projection {runner.name}: {first}; "
+                    f"eventstore: projection {runner.name}: {first_line(exc)}; "
                     f"standby again in {RECONNECT_DELAY:g} s",
                     file=err,
                     flush=True,

@@ -118,3 +118,10 @@ class StorageUnavailable(StorageError):
 
 class SqitchError(EventStoreError):
     """Sqitch is missing, or a Sqitch command failed."""
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (its type name if empty):
+    what one-line errors quote of a driver's message."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

@@ -52,6 +52,8 @@ def amount_problem(value: Decimal) -> str | None:
         return f"must be less than 10**{MAX_AMOUNT_DIGITS} in absolute value, got {value}"
     _, digits, exponent = value.as_tuple()
     assert isinstance(exponent, int)  # finite
+    if exponent >= -MAX_DECIMAL_PLACES:  # the usual case: nothing to count
+        return None
     # Trailing zeros are not places: 1.50000000000000000000 has one.
     zeros = len(digits) - len("".join(map(str, digits)).rstrip("0"))
     if exponent + zeros < -MAX_DECIMAL_PLACES:

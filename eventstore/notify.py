@@ -45,10 +45,13 @@ class Notifier:
         self._pending.set()
         self._thread.join(timeout=5)
         if unsent:
-            try:
-                self._send()
-            except Exception as exc:  # a hint only: readers poll anyway
-                log.warning("could not send the wake-up notification: %s", exc)
+            self._send_quietly()
+
+    def _send_quietly(self) -> None:
+        try:
+            self._send()
+        except Exception as exc:  # a hint only: readers poll anyway
+            log.warning("could not send the wake-up notification: %s", exc)
 
     def _loop(self) -> None:
         while True:
@@ -56,8 +59,5 @@ class Notifier:
             if self._closed.is_set():
                 return
             self._pending.clear()
-            try:
-                self._send()
-            except Exception as exc:  # a hint only: readers poll anyway
-                log.warning("could not send the wake-up notification: %s", exc)
+            self._send_quietly()
             self._closed.wait(self._min_interval)

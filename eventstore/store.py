@@ -35,6 +35,7 @@ from .errors import (
     StorageUnavailable,
     ValidationError,
     WrongExpectedVersion,
+    first_line,
 )
 from .events import (
     ANY,
@@ -208,11 +209,6 @@ def _parse_checkpoint(after: str | None) -> tuple[str, int]:
     )
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
-
-
 def map_error(
     exc: Exception,
     operation: str,
@@ -234,7 +230,7 @@ def map_error(
         return StorageError("the event store is closed", **ctx)
     state = exc.sqlstate if isinstance(exc, psycopg.Error) else None
     ctx["sqlstate"] = state
-    message = _first_line(exc)
+    message = first_line(exc)
     if is_transient(exc):
         return StorageUnavailable(f"database unavailable: {message}", **ctx)
     if state in {"42P01", "42883", "3F000"}:
@@ -317,7 +313,7 @@ class EventStore:
             user_options = conninfo_to_dict(dsn).get("options")
         except psycopg.ProgrammingError as exc:
             raise ValidationError(
-                f"malformed DSN: {_first_line(exc)}", field="dsn", operation="open"
+                f"malformed DSN: {first_line(exc)}", field="dsn", operation="open"
             ) from exc
         # The store's timeouts go after the DSN's own options: later -c wins.
         options = settings.connection_options()
@@ -336,7 +332,7 @@ class EventStore:
             first = psycopg.connect(dsn, **kwargs)
         except psycopg.Error as exc:
             raise StorageUnavailable(
-                f"cannot connect to PostgreSQL: {_first_line(exc)}",
+                f"cannot connect to PostgreSQL: {first_line(exc)}",
                 operation="open",
                 sqlstate=exc.sqlstate,
             ) from exc
@@ -409,7 +405,7 @@ class EventStore:
         idempotency_key: str | None = None,
     ) -> Any:
         def warn(exc: Exception) -> None:
-            log.warning("%s: transient failure, retrying: %s", operation, _first_line(exc))
+            log.warning("%s: transient failure, retrying: %s", operation, first_line(exc))
 
         try:
             return run_with_retries(self.settings, work, on_retry=warn)
@@ -488,7 +484,7 @@ class EventStore:
                         if constraint == "stored_events_event_id_key":
                             raise DuplicateEventId(
                                 f"an event id of this batch is already in the log: "
-                                f"{exc.diag.message_detail or _first_line(exc)}",
+                                f"{exc.diag.message_detail or first_line(exc)}",
                                 operation="append",
                                 stream_id=stream_id,
                                 idempotency_key=idempotency_key,
@@ -624,7 +620,7 @@ class EventStore:
     def _log_order_hazard(
         self, exc: psycopg.Error, stream_id: str, key: str | None
     ) -> LogOrderHazard:
-        message = _first_line(exc)
+        message = first_line(exc)
         if exc.diag.message_hint:
             message = f"{message}. {exc.diag.message_hint}"
         self._guard.hazard = message  # refuse every append until it is fixed

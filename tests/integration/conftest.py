@@ -59,15 +59,17 @@ def _require_postgres() -> None:
 
 
 def run_cli(
-    *args: str, check: bool = True, timeout: float = 300
+    *args: str, check: bool = True, timeout: float = 300, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
-    """Run the project's own ``eventstore`` command, as a user would."""
+    """Run the project's own ``eventstore`` command, as a user would
+    (``env``: its whole environment, default this process's)."""
     proc = subprocess.run(
         [sys.executable, "-m", "eventstore", *args],
         capture_output=True,
         text=True,
         timeout=timeout,
         check=False,
+        env=env,
     )
     if check and proc.returncode != 0:
         raise AssertionError(

@@ -8,8 +8,6 @@ test, in the order an operator would run it.
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -152,14 +150,8 @@ def test_deploy_without_sqitch_says_how_to_install_it_and_creates_nothing(
     empty_db_name: str, tmp_path: Path
 ) -> None:
     dsn = dsn_for(empty_db_name)
-    proc = subprocess.run(
-        [sys.executable, "-m", "eventstore", "db", "deploy", "--dsn", dsn],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-        env={**os.environ, "PATH": str(tmp_path)},  # no sqitch, no psql
-    )
+    no_tools = {**os.environ, "PATH": str(tmp_path)}  # no sqitch, no psql
+    proc = run_cli("db", "deploy", "--dsn", dsn, check=False, env=no_tools)
     assert proc.returncode == 1
     assert "sqitch is not installed: run `sudo apt-get install -y sqitch" in proc.stderr
     assert "Traceback" not in proc.stderr
