@@ -102,19 +102,47 @@ def database_dsn() -> Iterator[str]:
         yield dsn
 
 
-@pytest.fixture(scope="session")
-def writer_dsn(database_dsn: str) -> str:
-    """A login role that is only a member of utcp_writer: the least privilege
-    the application needs. The store under test connects as this role."""
-    role = "utcp_test_app"
-    with psycopg.connect(database_dsn, autocommit=True) as conn:
-        exists = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)).fetchone()
-        if not exists:
-            conn.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(role)))
-        conn.execute(sql.SQL("GRANT utcp_writer TO {}").format(sql.Identifier(role)))
-    params = conninfo_to_dict(database_dsn)
+@contextmanager
+def login_role(dsn: str, *groups: str, own_schema: bool = False) -> Iterator[str]:
+    """A fresh login role, uniquely named, member of ``groups``, optionally
+    owning a schema of its own (as an attacker with a sandbox would), in the
+    database of ``dsn``. Yields that role's DSN; on exit its sessions are
+    ended and the role, its schema and everything it owns are dropped, so no
+    test leaves a login role in the cluster."""
+    role = f"utcp_t_{uuid.uuid4().hex[:12]}"
+    ident = sql.Identifier(role)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE ROLE {} LOGIN").format(ident))
+        for group in groups:
+            conn.execute(sql.SQL("GRANT {} TO {}").format(sql.Identifier(group), ident))
+        if own_schema:
+            conn.execute(sql.SQL("CREATE SCHEMA {} AUTHORIZATION {}").format(ident, ident))
+    params = conninfo_to_dict(dsn)
     params["user"] = role
-    return make_conninfo(**params)
+    try:
+        yield make_conninfo(**params)
+    finally:
+        drop_login_role(dsn, role)
+
+
+def drop_login_role(dsn: str, role: str) -> None:
+    """End ``role``'s sessions, drop what it owns here, and drop it."""
+    ident = sql.Identifier(role)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = %s", (role,)
+        )
+        conn.execute(sql.SQL("DROP OWNED BY {} CASCADE").format(ident))
+        conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(ident))
+
+
+@pytest.fixture(scope="session")
+def writer_dsn(database_dsn: str) -> Iterator[str]:
+    """A login role that is only a member of utcp_writer: the least privilege
+    the application needs. The store under test connects as this role; it
+    is unique to the run and dropped at its end."""
+    with login_role(database_dsn, "utcp_writer") as dsn:
+        yield dsn
 
 
 @pytest.fixture(scope="session")
