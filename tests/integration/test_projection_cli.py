@@ -219,12 +219,20 @@ def test_run_applies_new_events_and_stops_on_sigterm(
     assert projection_status(store).active_worker_pid is None
 
 
+def _sigint_default() -> None:
+    # A suite started as a background job (`make test &`) ignores SIGINT, and
+    # an ignored signal stays ignored across exec: give the worker the
+    # SIGINT of a foreground process, which is what this test is about.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_run_stops_on_sigint_too(dsn: str, store: EventStore) -> None:
     proc = subprocess.Popen(
         [sys.executable, "-m", "eventstore", "project", "run", "--dsn", dsn],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=_sigint_default,  # noqa: PLW1509 - no threads start before exec
     )
     try:
         wait_until(lambda: projection_status(store).active_worker_pid is not None, "the worker")
