@@ -26,7 +26,8 @@ adapter, catch the trading projection up, and show the portfolios.
    hash chains (``verify_chain``) and an anchor of the log (``anchor``).
 
 Roles: the events are appended and read through ``--dsn``, which needs
-``utcp_writer`` (the least-privileged application role); the projection
+``utcp_writer`` (the least-privileged application role), and
+``utcp_operator`` to take the anchor (without it the summary says so); the projection
 writes its tables through ``--projector-dsn`` (default: the same DSN), which
 needs ``utcp_projector``. ``make demo`` uses one DSN for both, as the local
 superuser. The schema must be deployed first (``eventstore db deploy``;
@@ -57,7 +58,7 @@ from projections.runner import LOCK_CLASS
 from projections.sql import READ_CHECKPOINT
 
 from .adapter import Portfolio, Position, StorageAdapter
-from .errors import EventStoreError, StorageUnavailable, ValidationError
+from .errors import EventStoreError, StorageError, StorageUnavailable, ValidationError
 from .events import AppendResult
 from .schemas import (
     AuditEvent,
@@ -843,13 +844,28 @@ def _chain_summary(report: ChainReport) -> str:
     )
 
 
-def _anchor_summary(anchor: Anchor | None) -> str:
+def _anchor_summary(anchor: Anchor | str | None) -> str:
     if anchor is None:
         return "no anchor (empty log)"
+    if isinstance(anchor, str):
+        return f"no anchor ({anchor})"
     return (
         f"anchor #{anchor.anchor_id} at {anchor.checkpoint} over {anchor.events:,} events: "
         f"sha256 {anchor.digest.hex()}"
     )
+
+
+def _take_anchor(store: EventStore) -> Anchor | str | None:
+    """An anchor of the log, or why the demo's role may not take one
+    (anchors are an operator's act: utcp_operator)."""
+    try:
+        return store.anchor()
+    except StorageError as exc:
+        if exc.sqlstate != "42501":
+            raise
+        return (
+            "anchors are taken by operators: run `eventstore anchor` as a member of utcp_operator"
+        )
 
 
 # -- the job --------------------------------------------------------------------
@@ -898,7 +914,7 @@ def run(
         )
         show(adapter, session)
 
-        anchor = store.anchor()
+        anchor = _take_anchor(store)
         report = store.verify_chain()
         for problem in report.problems:
             print(
