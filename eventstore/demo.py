@@ -68,7 +68,7 @@ from .schemas import (
     Trade,
     TradeCancelled,
 )
-from .settings import Settings
+from .settings import Settings, redact
 from .store import Anchor, ChainReport, EventStore
 
 __all__ = [
@@ -733,9 +733,11 @@ def project(
             "of utcp_projector"
         ) from exc
     except psycopg.Error as exc:
-        raise DemoError(f"projection: {type(exc).__name__}: {exc}") from exc
+        failure = DemoError(f"projection: {type(exc).__name__}: {redact(str(exc), projector_dsn)}")
+        failure.__cause__ = type(exc)(redact(str(exc), projector_dsn))  # libpq may quote the DSN
     finally:
         runner.release()
+    raise failure
 
 
 # -- showing --------------------------------------------------------------------
