@@ -43,6 +43,7 @@ from .settings import SECRET_PARAMS, redact, redact_dsn
 
 __all__ = [
     "PSQL_INSTALL_HINT",
+    "SERVICE_NAME",
     "SQITCH_INSTALL_HINT",
     "Sqitch",
     "SqitchTarget",
@@ -50,6 +51,7 @@ __all__ = [
     "deploy",
     "ensure_database",
     "revert",
+    "secret_service_file",
     "status",
     "verify",
 ]
