@@ -45,7 +45,7 @@ from .events import (
     StoredEvent,
 )
 from .schemas import ProjectionEventSkipped
-from .settings import Settings
+from .settings import Settings, redact
 from .sqitch import Sqitch, build_target
 from .store import EventStore
 
@@ -126,12 +126,15 @@ def _logged_events(dsn: str) -> int:
                 "ELSE (SELECT count(*) FROM utcp.stored_events) END"
             ).fetchone()
     except psycopg.Error as exc:
-        raise StorageUnavailable(
-            f"cannot read the log before reverting: {first_line(exc)}",
+        failure = StorageUnavailable(
+            f"cannot read the log before reverting: {redact(first_line(exc), dsn)}",
             operation="db revert",
             sqlstate=exc.sqlstate,
-        ) from exc
-    return int(row[0]) if row else 0
+        )
+        failure.__cause__ = type(exc)(redact(str(exc), dsn))
+    else:
+        return int(row[0]) if row else 0
+    raise failure
 
 
 def sqitch_target_name(dsn: str) -> str:
@@ -383,12 +386,33 @@ def _status(args: argparse.Namespace) -> int:
     print(f"streams:               {status.streams}")
     print(f"last position:         {status.last_position or '-'} (at {last_at})")
     age = status.oldest_transaction_seconds
-    if age is None:
+    who = ", ".join(
+        f"{label} {value}"
+        for label, value in (
+            ("pid", status.oldest_transaction_pid),
+            ("role", status.oldest_transaction_role),
+            (
+                "application",
+                None
+                if status.oldest_transaction_application is None
+                else repr(status.oldest_transaction_application),
+            ),
+        )
+        if value is not None
+    )
+    if status.oldest_transaction_state:
+        who += f", {status.oldest_transaction_state}"
+    if age is None and not who:
         print("oldest transaction:    none running")
+    elif age is None:
+        print(
+            f"oldest transaction:    age unknown ({who}): the schema's owner cannot see other "
+            "roles' sessions (docs/runbook.md, 'Stalls')"
+        )
     else:
         # Clamped: a transaction that began after this statement's now() reads as < 0.
         age = max(age, 0.0)
-        line = f"oldest transaction:    {age:.1f} s (pid {status.oldest_transaction_pid})"
+        line = f"oldest transaction:    {age:.1f} s ({who})"
         if age > OLD_TRANSACTION_SECONDS:
             line += (
                 " -- HOLDING BACK global readers: new events stay invisible to read_all "

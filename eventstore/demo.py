@@ -26,7 +26,8 @@ adapter, catch the trading projection up, and show the portfolios.
    hash chains (``verify_chain``) and an anchor of the log (``anchor``).
 
 Roles: the events are appended and read through ``--dsn``, which needs
-``utcp_writer`` (the least-privileged application role); the projection
+``utcp_writer`` (the least-privileged application role), and
+``utcp_operator`` to take the anchor (without it the summary says so); the projection
 writes its tables through ``--projector-dsn`` (default: the same DSN), which
 needs ``utcp_projector``. ``make demo`` uses one DSN for both, as the local
 superuser. The schema must be deployed first (``eventstore db deploy``;
@@ -57,7 +58,7 @@ from projections.runner import LOCK_CLASS
 from projections.sql import READ_CHECKPOINT
 
 from .adapter import Portfolio, Position, StorageAdapter
-from .errors import EventStoreError, StorageUnavailable, ValidationError
+from .errors import EventStoreError, StorageError, StorageUnavailable, ValidationError
 from .events import AppendResult
 from .schemas import (
     AuditEvent,
@@ -67,7 +68,7 @@ from .schemas import (
     Trade,
     TradeCancelled,
 )
-from .settings import Settings
+from .settings import Settings, redact
 from .store import Anchor, ChainReport, EventStore
 
 __all__ = [
@@ -732,9 +733,11 @@ def project(
             "of utcp_projector"
         ) from exc
     except psycopg.Error as exc:
-        raise DemoError(f"projection: {type(exc).__name__}: {exc}") from exc
+        failure = DemoError(f"projection: {type(exc).__name__}: {redact(str(exc), projector_dsn)}")
+        failure.__cause__ = type(exc)(redact(str(exc), projector_dsn))  # libpq may quote the DSN
     finally:
         runner.release()
+    raise failure
 
 
 # -- showing --------------------------------------------------------------------
@@ -843,13 +846,28 @@ def _chain_summary(report: ChainReport) -> str:
     )
 
 
-def _anchor_summary(anchor: Anchor | None) -> str:
+def _anchor_summary(anchor: Anchor | str | None) -> str:
     if anchor is None:
         return "no anchor (empty log)"
+    if isinstance(anchor, str):
+        return f"no anchor ({anchor})"
     return (
         f"anchor #{anchor.anchor_id} at {anchor.checkpoint} over {anchor.events:,} events: "
         f"sha256 {anchor.digest.hex()}"
     )
+
+
+def _take_anchor(store: EventStore) -> Anchor | str | None:
+    """An anchor of the log, or why the demo's role may not take one
+    (anchors are an operator's act: utcp_operator)."""
+    try:
+        return store.anchor()
+    except StorageError as exc:
+        if exc.sqlstate != "42501":
+            raise
+        return (
+            "anchors are taken by operators: run `eventstore anchor` as a member of utcp_operator"
+        )
 
 
 # -- the job --------------------------------------------------------------------
@@ -898,7 +916,7 @@ def run(
         )
         show(adapter, session)
 
-        anchor = store.anchor()
+        anchor = _take_anchor(store)
         report = store.verify_chain()
         for problem in report.problems:
             print(

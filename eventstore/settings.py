@@ -10,13 +10,14 @@ import math
 import os
 import re
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Final
+from urllib.parse import unquote
 
 import msgspec
 
 from .errors import ValidationError
 
-__all__ = ["Settings"]
+__all__ = ["REDACTED", "SECRET_PARAMS", "Settings", "dsn_secrets", "redact", "redact_dsn"]
 
 ENV_PREFIX = "EVENTSTORE_"
 
@@ -118,3 +119,67 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
 
 def _ms(seconds: float) -> int:
     return 0 if seconds == 0 else max(1, round(seconds * 1000))
+
+
+# -- secrets in DSNs ----------------------------------------------------------
+
+#: libpq parameters whose values are secrets: never shown in a message, a
+#: repr or a log, never put on a command line.
+SECRET_PARAMS: Final = frozenset({"password", "sslpassword"})
+#: What a secret is shown as.
+REDACTED: Final = "***"
+
+_KEYS = "|".join(sorted(SECRET_PARAMS))
+# postgresql://user:SECRET@host… (greedy: a stray '@' in the secret is covered too)
+_URI_USERINFO = re.compile(r"(?i)(\bpostgres(?:ql)?://[^:/?#@\s]*:)([^/\s]*)(@)")
+# …?password=SECRET&… in a URI's query
+_URI_QUERY = re.compile(rf"(?i)([?&](?:{_KEYS})=)([^&#\s\"]*)")
+# password=SECRET or password = 'SE CRET' in a key=value string
+_KEY_VALUE = re.compile(rf"(?i)(?<![\w?&])((?:{_KEYS})\s*=\s*)('(?:[^'\\]|\\.)*'?|[^\s']*)")
+
+
+def _is_uri(dsn: str) -> bool:
+    return re.match(r"(?i)\s*postgres(?:ql)?://", dsn) is not None
+
+
+def redact_dsn(dsn: str) -> str:
+    """``dsn`` with every secret parameter's value replaced by ``***``: the
+    one way a DSN is shown (also a malformed one)."""
+    text = _URI_USERINFO.sub(rf"\g<1>{REDACTED}\g<3>", dsn)
+    text = _URI_QUERY.sub(rf"\g<1>{REDACTED}", text)
+    if not _is_uri(dsn):
+        text = _KEY_VALUE.sub(rf"\g<1>{REDACTED}", text)
+    return text
+
+
+def dsn_secrets(dsn: str) -> set[str]:
+    """The secret values in ``dsn``, as written and as decoded (found in the
+    text, so also in a DSN libpq cannot parse)."""
+    found: set[str] = set()
+    if _is_uri(dsn):
+        for pattern in (_URI_USERINFO, _URI_QUERY):
+            for match in pattern.finditer(dsn):
+                found.add(match.group(2))
+    for match in _KEY_VALUE.finditer(dsn):
+        value = match.group(2)
+        found.add(value)
+        if value.startswith("'"):
+            inner = value[1:-1] if len(value) > 1 and value.endswith("'") else value[1:]
+            found.update({inner, re.sub(r"\\(.)", r"\1", inner)})
+    decoded = {unquote(v) for v in found}
+    return {v for v in found | decoded if v}
+
+
+def redact(text: str, dsn: str | None) -> str:
+    """``text`` (a driver's message, say) with nothing of ``dsn``'s secrets
+    left in it."""
+    if not dsn:
+        return text
+    if dsn in text:
+        text = text.replace(dsn, redact_dsn(dsn))
+    text = _URI_USERINFO.sub(rf"\g<1>{REDACTED}\g<3>", text)
+    text = _URI_QUERY.sub(rf"\g<1>{REDACTED}", text)
+    for secret in sorted(dsn_secrets(dsn), key=len, reverse=True):
+        if secret != REDACTED:
+            text = text.replace(secret, REDACTED)
+    return text

@@ -4,9 +4,13 @@ Sqitch is a Perl program driven through a subprocess. Each command gets an
 explicit target URI (``db:pg://user@host:port/dbname``) built from the libpq
 DSN, so Sqitch never falls back on defaults of its own: missing parts are
 filled in here the way libpq would (``PGHOST``/``PGPORT``/``PGUSER``/
-``PGDATABASE``, then ``localhost``, 5432, the OS user, the user name). A
-password never goes on the command line: the child gets it as ``PGPASSWORD``
-(and ``SQITCH_PASSWORD``, which Sqitch itself reads).
+``PGDATABASE``, then ``localhost``, 5432, the OS user, the user name). No secret ever goes on
+a command line (where any local user sees it with ``ps``), in a message or
+in a repr: the child gets the password as ``PGPASSWORD`` (and
+``SQITCH_PASSWORD``, which Sqitch itself reads), and any other secret
+parameter (``sslpassword``) through a private libpq service file
+(``PGSERVICEFILE``, mode 0600, removed when the command ends), which both
+DBD::Pg and the ``psql`` that Sqitch runs read.
 
 Sqitch runs in the project directory, where ``sqitch.plan`` lives: the
 ``project_dir`` argument, else ``$EVENTSTORE_SQITCH_DIR``, else the parent of
@@ -22,7 +26,9 @@ import shutil
 import socket
 import subprocess
 import sys
-from collections.abc import Mapping, Sequence
+import tempfile
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote, urlencode
@@ -33,9 +39,11 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from .errors import SqitchError
+from .settings import SECRET_PARAMS, redact, redact_dsn
 
 __all__ = [
     "PSQL_INSTALL_HINT",
+    "SERVICE_NAME",
     "SQITCH_INSTALL_HINT",
     "Sqitch",
     "SqitchTarget",
@@ -43,6 +51,7 @@ __all__ = [
     "deploy",
     "ensure_database",
     "revert",
+    "secret_service_file",
     "status",
     "verify",
 ]
@@ -64,8 +73,10 @@ MAINTENANCE_DB = "postgres"
 _TAIL_LINES = 20
 
 # DSN keys that the target URI carries in its authority and path, or that
-# must not travel in it at all (the password goes through the environment).
-_URI_KEYS = frozenset({"host", "hostaddr", "port", "user", "dbname", "password"})
+# must not travel in it at all (secrets go through the environment).
+_URI_KEYS = frozenset({"host", "hostaddr", "port", "user", "dbname"}) | SECRET_PARAMS
+#: The libpq service that carries secret parameters to Sqitch's children.
+SERVICE_NAME = "eventstore_sqitch"
 
 
 @dataclass(frozen=True)
@@ -77,12 +88,15 @@ class SqitchTarget:
     user: str
     dbname: str
     password: str | None = field(default=None, repr=False)
-    #: Other libpq parameters of the DSN (sslmode, connect_timeout, …).
+    #: Other libpq parameters of the DSN (sslmode, connect_timeout, …), no secret.
     params: Mapping[str, str] = field(default_factory=dict)
+    #: Secret parameters other than the password (sslpassword): never in
+    #: the URI, the repr, a message or a command line.
+    secrets: Mapping[str, str] = field(default_factory=dict, repr=False)
 
     @property
     def uri(self) -> str:
-        """The Sqitch target URI. It never contains the password."""
+        """The Sqitch target URI. It never contains a secret."""
         user = quote(self.user, safe="")
         dbname = quote(self.dbname, safe="")
         query = dict(self.params)
@@ -107,7 +121,7 @@ class SqitchTarget:
         """
         return make_conninfo(
             "",
-            **{"connect_timeout": "10", **self.params},
+            **{"connect_timeout": "10", **self.params, **self.secrets},
             host=self.host,
             port=str(self.port),
             user=self.user,
@@ -128,10 +142,19 @@ def build_target(dsn: str, environ: Mapping[str, str] | None = None) -> SqitchTa
     and the user name, as libpq does.
     """
     env = os.environ if environ is None else environ
+    malformed: SqitchError | None = None
     try:
         params = conninfo_to_dict(dsn)
     except psycopg.Error as exc:
-        raise SqitchError(f"invalid database DSN: {_one_line(exc)}", operation="db") from exc
+        # Raised outside this block, chained to a redacted copy: libpq quotes
+        # the DSN, password and all, in some of these messages.
+        malformed = SqitchError(
+            f"invalid database DSN {redact_dsn(dsn)!r}: {redact(_one_line(exc), dsn)}",
+            operation="db",
+        )
+        malformed.__cause__ = type(exc)(redact(str(exc), dsn))
+    if malformed is not None:
+        raise malformed
     values = {k: str(v) for k, v in params.items() if v is not None and str(v) != ""}
     if "service" in values:
         raise SqitchError(
@@ -167,6 +190,7 @@ def build_target(dsn: str, environ: Mapping[str, str] | None = None) -> SqitchTa
         dbname=dbname,
         password=values.get("password"),
         params=extra,
+        secrets={k: v for k, v in values.items() if k in SECRET_PARAMS and k != "password"},
     )
 
 
@@ -268,12 +292,17 @@ class Sqitch:
         """The argument vector for ``sqitch <args> <target-uri>``."""
         return [executable or self.executable, *args, target.uri]
 
-    def child_env(self, target: SqitchTarget) -> dict[str, str]:
-        """The environment of the Sqitch process for ``target``."""
+    def child_env(self, target: SqitchTarget, service_file: str | None = None) -> dict[str, str]:
+        """The environment of the Sqitch process for ``target`` (with
+        ``service_file``, written by :func:`secret_service_file`, when the
+        target has secrets other than the password)."""
         env = dict(self._base_env())
         if target.password is not None:
             env["PGPASSWORD"] = target.password
             env["SQITCH_PASSWORD"] = target.password
+        if service_file is not None:
+            env["PGSERVICEFILE"] = service_file
+            env["PGSERVICE"] = SERVICE_NAME
         user = _os_user() or "eventstore"
         env.setdefault("SQITCH_FULLNAME", user)
         env.setdefault("SQITCH_EMAIL", f"{user}@{socket.gethostname() or 'localhost'}")
@@ -312,15 +341,16 @@ class Sqitch:
         sys.stdout.flush()
         sys.stderr.flush()
         try:
-            proc = subprocess.run(
-                argv,
-                cwd=self.project_dir,
-                env=self.child_env(target),
-                stdout=subprocess.PIPE if capture else None,
-                stderr=subprocess.STDOUT if capture else None,
-                text=True,
-                check=False,
-            )
+            with secret_service_file(target) as service_file:
+                proc = subprocess.run(
+                    argv,
+                    cwd=self.project_dir,
+                    env=self.child_env(target, service_file),
+                    stdout=subprocess.PIPE if capture else None,
+                    stderr=subprocess.STDOUT if capture else None,
+                    text=True,
+                    check=False,
+                )
         except OSError as exc:
             raise SqitchError(
                 f"could not run {name}: {_one_line(exc)}", operation=operation
@@ -350,6 +380,33 @@ def _check_sqitch_safe(target: SqitchTarget, operation: str) -> None:
                 "and semicolons are not supported in connection parameters",
                 operation=operation,
             )
+    for key, value in target.secrets.items():
+        # A service file holds one key=value a line, taken as written.
+        if value != value.strip() or "\n" in value or "\r" in value:
+            raise SqitchError(
+                f"Sqitch cannot connect with this {key}: leading or trailing spaces and line "
+                "breaks are not supported in it",
+                operation=operation,
+            )
+
+
+@contextmanager
+def secret_service_file(target: SqitchTarget) -> Iterator[str | None]:
+    """A libpq service file holding ``target``'s secrets other than the
+    password (None when it has none): readable by this user only, removed
+    on exit. Sqitch's children find it through ``PGSERVICEFILE`` and
+    ``PGSERVICE``, so the secrets never reach a command line."""
+    if not target.secrets:
+        yield None
+        return
+    with tempfile.TemporaryDirectory(prefix="eventstore-sqitch-") as directory:  # mode 0700
+        path = os.path.join(directory, "pg_service.conf")
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            out.write(f"[{SERVICE_NAME}]\n")
+            for key, value in sorted(target.secrets.items()):
+                out.write(f"{key}={value}\n")
+        yield path
 
 
 def _ensure_database(target: SqitchTarget, *, operation: str) -> bool:

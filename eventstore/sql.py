@@ -101,16 +101,14 @@ SELECT (SELECT count(*) FROM utcp.stored_events),
        (SELECT max(position) FROM utcp.stored_events),
        (SELECT count(DISTINCT stream_id) FROM utcp.stored_events),
        (SELECT max(created_at) FROM utcp.stored_events),
-       (SELECT greatest(0, extract(epoch FROM clock_timestamp() - min(xact_start)))::float8
-          FROM pg_stat_activity
-         WHERE (backend_xid IS NOT NULL OR backend_xmin IS NOT NULL)
-           AND pid <> pg_backend_pid()),
-       (SELECT pid FROM pg_stat_activity
-         WHERE (backend_xid IS NOT NULL OR backend_xmin IS NOT NULL)
-           AND pid <> pg_backend_pid()
-         ORDER BY xact_start NULLS LAST LIMIT 1),
        (SELECT count(*) FROM utcp.stored_events
          WHERE tx_id >= pg_snapshot_xmin(pg_current_snapshot()))"""
+
+# The transaction holding back the readers' horizon, whoever owns it
+# (pg_stat_activity hides other roles' transactions from a non-superuser):
+# pid, role, application_name, state, age in seconds.
+OLDEST_TRANSACTION: Final = """
+SELECT pid, role_name, application_name, state, age_seconds FROM utcp.oldest_transaction()"""
 
 # Tamper evidence: recompute every event's hash from its stored fields and
 # check each stream's chain (versions 1..n without gaps, each prev_hash the
@@ -143,6 +141,11 @@ SELECT count(*), count(DISTINCT stream_id) FROM utcp.stored_events
  WHERE (%(stream_id)s::text IS NULL OR stream_id = %(stream_id)s)"""
 
 # Anchors (sqitch/deploy/chain_anchors.sql): digests of the global log.
+# utcp.anchor_log() refuses any other isolation level (a stale snapshot
+# would chain the new anchor onto an old one), and waits for another
+# anchorer's lock no longer than lock_timeout.
+ANCHOR_ISOLATION: Final = "SET TRANSACTION ISOLATION LEVEL READ COMMITTED"
+SET_LOCK_TIMEOUT: Final = "SELECT pg_catalog.set_config('lock_timeout', %s, true)"
 ANCHOR: Final = """
 SELECT anchor_id, through_tx::text || '/' || through_position::text, events, digest, created_at
   FROM utcp.anchor_log()"""
@@ -165,7 +168,7 @@ SELECT a.anchor_id, a.through_tx::text || '/' || a.through_position::text,
   FROM a CROSS JOIN LATERAL utcp.log_digest(
            a.after_tx, a.after_position, a.through_tx, a.through_position) d
  WHERE d.events <> a.events - a.events_before
-    OR sha256(coalesce(a.digest_before, '\\x'::bytea) || d.digest) <> a.digest
+    OR pg_catalog.sha256(coalesce(a.digest_before, '\\x'::bytea) || d.digest) <> a.digest
  ORDER BY a.anchor_id
  LIMIT %(limit)s"""
 

@@ -50,7 +50,7 @@ from .events import (
 from .notify import Notifier
 from .pool import LifoConnectionPool
 from .retry import is_transient, run_with_retries
-from .settings import Settings
+from .settings import Settings, redact, redact_dsn
 
 __all__ = [
     "Anchor",
@@ -95,6 +95,12 @@ def _hazard_message(row: tuple[Any, ...] | None) -> str | None:
         "the log was restored logically into a new cluster, and new events would sort "
         "before old ones; appends are refused until it is fixed (docs/runbook.md, 'Restores')"
     )
+
+
+def _redacted_copy(exc: psycopg.Error, dsn: str) -> psycopg.Error:
+    """The same kind of error, its message without ``dsn``'s secrets: the
+    cause a DSN error is chained to (the driver's own may quote them)."""
+    return type(exc)(redact(str(exc), dsn))
 
 
 class _OrderGuard:
@@ -170,7 +176,9 @@ class StoreStatus(msgspec.Struct, frozen=True):
     last_position: int | None
     last_event_at: Any
     #: Age of the oldest transaction in the cluster that holds back the
-    #: global readers' horizon (DESIGN.md §4, "Stalls"), and its backend pid.
+    #: global readers' horizon (DESIGN.md §4, "Stalls"), and its backend pid
+    #: (None for a prepared transaction). The age is None when the schema's
+    #: owner may not see other roles' sessions (docs/runbook.md, "Stalls").
     oldest_transaction_seconds: float | None
     oldest_transaction_pid: int | None
     #: Committed events that readers cannot see yet because an older
@@ -179,7 +187,17 @@ class StoreStatus(msgspec.Struct, frozen=True):
     #: Set when stored transaction ids are ahead of the cluster (a logical
     #: restore): appends are refused until it is fixed.
     xid_hazard: str | None
+    #: The oldest transaction's role, application_name and state (never its
+    #: query), whichever role runs status (``utcp.oldest_transaction()``).
+    oldest_transaction_role: str | None = None
+    oldest_transaction_application: str | None = None
+    oldest_transaction_state: str | None = None
 
+
+#: How long :meth:`EventStore.anchor` waits for another session's lock on
+#: the anchors by default, and at most (seconds).
+DEFAULT_ANCHOR_LOCK_TIMEOUT: Final = 10.0
+MAX_ANCHOR_LOCK_TIMEOUT: Final = 3600.0
 
 #: The largest bigint: versions, positions and limits beyond it are refused
 #: here (PostgreSQL would not find a function taking a numeric).
@@ -309,12 +327,20 @@ class EventStore:
             )
         settings = settings if settings is not None else Settings.from_env()
         registry = registry if registry is not None else default_registry
+        malformed: ValidationError | None = None
         try:
             user_options = conninfo_to_dict(dsn).get("options")
         except psycopg.ProgrammingError as exc:
-            raise ValidationError(
-                f"malformed DSN: {first_line(exc)}", field="dsn", operation="open"
-            ) from exc
+            # Raised outside this block, chained to a redacted copy: libpq
+            # quotes the DSN, password and all, in some of these messages.
+            malformed = ValidationError(
+                f"malformed DSN {redact_dsn(dsn)!r}: {redact(first_line(exc), dsn)}",
+                field="dsn",
+                operation="open",
+            )
+            malformed.__cause__ = _redacted_copy(exc, dsn)
+        if malformed is not None:
+            raise malformed
         # The store's timeouts go after the DSN's own options: later -c wins.
         options = settings.connection_options()
         if user_options:
@@ -328,14 +354,18 @@ class EventStore:
         # One plain connection first: its error says what is wrong (host,
         # auth, database), where a pool would only say it timed out.
         guard = _OrderGuard()
+        unavailable: StorageUnavailable | None = None
         try:
             first = psycopg.connect(dsn, **kwargs)
         except psycopg.Error as exc:
-            raise StorageUnavailable(
-                f"cannot connect to PostgreSQL: {first_line(exc)}",
+            unavailable = StorageUnavailable(
+                f"cannot connect to PostgreSQL: {redact(first_line(exc), dsn)}",
                 operation="open",
                 sqlstate=exc.sqlstate,
-            ) from exc
+            )
+            unavailable.__cause__ = _redacted_copy(exc, dsn)
+        if unavailable is not None:
+            raise unavailable
         with first as conn:
             try:
                 cls._check_schema(conn)
@@ -812,16 +842,49 @@ class EventStore:
         report: ChainReport = self._run("verify_chain", work, stream_id=stream_id)
         return report
 
-    def anchor(self) -> Anchor | None:
+    def anchor(self, *, lock_timeout: float = DEFAULT_ANCHOR_LOCK_TIMEOUT) -> Anchor | None:
         """Take an anchor over every event readers can see now (None while
-        the log is empty; the latest anchor when nothing new was committed)."""
+        the log is empty; the latest anchor when nothing new was committed).
+
+        An operator's act: the store must be connected as a member of
+        ``utcp_operator`` (or a superuser). Anchors are taken one at a time;
+        if another session holds the anchors' lock for longer than
+        ``lock_timeout`` seconds, this fails with a :class:`StorageError`
+        naming that session.
+        """
+        if (
+            not isinstance(lock_timeout, (int, float))
+            or isinstance(lock_timeout, bool)
+            or not 0 < lock_timeout <= MAX_ANCHOR_LOCK_TIMEOUT
+        ):
+            raise ValidationError(
+                f"lock_timeout must be a number of seconds in (0, {MAX_ANCHOR_LOCK_TIMEOUT}]",
+                field="lock_timeout",
+                operation="anchor",
+            )
+        wait = f"{max(1, round(lock_timeout * 1000))}ms"
 
         def work(_: int) -> Anchor | None:
-            with self._pool.connection() as conn:
+            with self._pool.connection() as conn, conn.transaction():
+                # A snapshot older than the latest anchor would chain onto a
+                # stale one: the database refuses anything but READ COMMITTED.
+                conn.execute(sql.ANCHOR_ISOLATION)
+                conn.execute(sql.SET_LOCK_TIMEOUT, (wait,))
                 row = conn.execute(sql.ANCHOR).fetchone()
             return None if row is None else Anchor(*row)
 
-        anchor: Anchor | None = self._run("anchor", work)
+        try:
+            anchor: Anchor | None = self._run("anchor", work)
+        except StorageError as exc:
+            if exc.sqlstate != "42501":
+                raise
+            cause = exc.__cause__
+            raise StorageError(
+                "anchors are taken by operators: connect as a member of utcp_operator "
+                f"({first_line(cause) if cause is not None else exc.message})",
+                operation="anchor",
+                sqlstate=exc.sqlstate,
+            ) from exc
         return anchor
 
     def status(self) -> StoreStatus:
@@ -830,18 +893,23 @@ class EventStore:
         def work(_: int) -> StoreStatus:
             with self._pool.connection() as conn:
                 row = conn.execute(sql.STATUS).fetchone()
+                oldest = conn.execute(sql.OLDEST_TRANSACTION).fetchone()
                 hazard = conn.execute(sql.XID_HAZARD).fetchone()
             assert row is not None
+            pid, role, application, state, age = oldest or (None,) * 5
             message = _hazard_message(hazard)
             return StoreStatus(
                 events=row[0],
                 last_position=row[1],
                 streams=row[2],
                 last_event_at=row[3],
-                oldest_transaction_seconds=row[4],
-                oldest_transaction_pid=row[5],
-                events_behind_horizon=row[6],
+                oldest_transaction_seconds=age,
+                oldest_transaction_pid=pid,
+                events_behind_horizon=row[4],
                 xid_hazard=message,
+                oldest_transaction_role=role,
+                oldest_transaction_application=application,
+                oldest_transaction_state=state,
             )
 
         status: StoreStatus = self._run("status", work)

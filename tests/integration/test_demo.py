@@ -3,9 +3,10 @@ it: a subprocess against a throwaway database of its own (the demo projects
 the whole log from the start, and the session database holds other tests'
 events that the trading projection rightly refuses).
 
-The demo logs in as two least-privileged roles: one only in utcp_writer
-(appends and reads, ``--dsn``) and one only in utcp_projector (the
-projection's writes, ``--projector-dsn``).
+The demo logs in as two least-privileged roles: one in utcp_operator
+(appends and reads as a writer, and the anchor, which only operators take;
+``--dsn``) and one only in utcp_projector (the projection's writes,
+``--projector-dsn``).
 """
 
 from __future__ import annotations
@@ -78,7 +79,7 @@ def new_session_id() -> str:
 @dataclass(frozen=True)
 class DemoDB:
     admin: str  # superuser, in the demo's database
-    writer: str  # a login role only in utcp_writer
+    writer: str  # a login role in utcp_operator (a writer that may take anchors)
     projector: str  # a login role only in utcp_projector
 
     def args(self, session: str, *more: str) -> tuple[str, ...]:
@@ -104,7 +105,8 @@ def demo_db() -> Iterator[DemoDB]:
     try:
         run_cli("db", "deploy", "--dsn", dsn)
         with psycopg.connect(dsn, autocommit=True) as conn:
-            for role, group in ((writer, "utcp_writer"), (projector, "utcp_projector")):
+            # The writer is also an operator, so that the demo can take its anchor.
+            for role, group in ((writer, "utcp_operator"), (projector, "utcp_projector")):
                 conn.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(role)))
                 conn.execute(
                     sql.SQL("GRANT {} TO {}").format(sql.Identifier(group), sql.Identifier(role))

@@ -147,3 +147,28 @@ def test_only_the_first_line_of_a_driver_message_is_kept() -> None:
     error = map_error(exc, "append")
     assert "DETAIL" not in error.message
     assert "new row violates check" in error.message
+
+
+@pytest.mark.parametrize(
+    "dsn",
+    [
+        "postgresql://app:Sup3rSecret@[::1/utcp",  # libpq quotes the whole URI
+        "postgresql://app:Sup3rSecret%zz@127.0.0.1/utcp",  # libpq quotes the bad token
+        "host=127.0.0.1 password=Sup3rSecret sslpassword=Sup3rSecret what",
+    ],
+)
+def test_a_malformed_dsn_error_shows_no_secret(dsn: str) -> None:
+    with pytest.raises(ValidationError) as info:
+        eventstore.EventStore.open(dsn)
+    error = info.value
+    assert error.field == "dsn" and "malformed DSN" in str(error)
+    for shown in (str(error), repr(error), str(error.__cause__), repr(error.__cause__)):
+        assert "Sup3rSecret" not in shown
+    assert error.__context__ is None
+
+
+def test_a_failed_connection_shows_no_secret() -> None:
+    with pytest.raises(StorageUnavailable) as info:
+        eventstore.EventStore.open("postgresql://app:Sup3rSecret@127.0.0.1:notaport/utcp")
+    for shown in (str(info.value), repr(info.value), repr(info.value.__cause__)):
+        assert "Sup3rSecret" not in shown

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from eventstore import Settings, ValidationError
+from eventstore.settings import SECRET_PARAMS, dsn_secrets, redact, redact_dsn
 
 
 def test_defaults() -> None:
@@ -146,3 +147,35 @@ def test_invalid_keyword_override_names_the_setting() -> None:
     with pytest.raises(ValidationError) as info:
         Settings.from_env({}, pool_min_size=4, pool_max_size=2)
     assert info.value.field == "pool_max_size"
+
+
+# -- secrets in DSNs -----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("dsn", "shown"),
+    [
+        (
+            "postgresql://u:pw%40x@h:5432/db?sslpassword=sp&sslmode=require",
+            "postgresql://u:***@h:5432/db?sslpassword=***&sslmode=require",
+        ),
+        ("postgres://u@h/db?password=pw&x=1", "postgres://u@h/db?password=***&x=1"),
+        ("postgresql://u:p@w@[h/db", "postgresql://u:***@[h/db"),  # malformed, stray '@'
+        ("host=h password = 'p w\\' x' user=u", "host=h password = *** user=u"),
+        ("host=h sslpassword=sp PASSWORD=pw", "host=h sslpassword=*** PASSWORD=***"),
+        ("host=h user=u", "host=h user=u"),
+    ],
+)
+def test_redact_dsn(dsn: str, shown: str) -> None:
+    assert redact_dsn(dsn) == shown
+
+
+def test_redact_removes_every_form_of_a_secret_from_a_message() -> None:
+    dsn = "postgresql://u:s3cr%3At@h/db?sslpassword=ssl-secret"
+    assert dsn_secrets(dsn) >= {"s3cr%3At", "s3cr:t", "ssl-secret"}
+    message = f'bad "{dsn}"; token "s3cr%3At"; decoded s3cr:t; ssl-secret'
+    cleaned = redact(message, dsn)
+    for secret in ("s3cr", "ssl-secret"):
+        assert secret not in cleaned
+    assert redact("nothing to hide", None) == "nothing to hide"
+    assert {"password", "sslpassword"} <= SECRET_PARAMS

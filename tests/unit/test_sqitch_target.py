@@ -356,3 +356,92 @@ def test_project_dir_resolution(tmp_path: Path) -> None:
     assert Sqitch(environ={"EVENTSTORE_SQITCH_DIR": str(tmp_path)}).project_dir == tmp_path
     other = tmp_path / "other"
     assert Sqitch(other, environ={"EVENTSTORE_SQITCH_DIR": str(tmp_path)}).project_dir == other
+
+
+# -- secrets: never in a URI, a repr, a message or a command line ---------------
+
+SSL_PW = "sslS3cret"
+
+
+@pytest.mark.parametrize(
+    "dsn",
+    [
+        f"postgresql://root:{quote(SAMPLE_PW, safe='')}@127.0.0.1:5432/test"
+        f"?sslpassword={SSL_PW}&sslmode=require",
+        f"host=127.0.0.1 user=root dbname=test password='{SAMPLE_PW}' sslpassword={SSL_PW} "
+        "sslmode=require",
+    ],
+)
+def test_sslpassword_stays_out_of_uri_repr_and_command_line(dsn: str) -> None:
+    t = build_target(dsn, NO_ENV)
+    assert t.params == {"sslmode": "require"}
+    assert t.secrets == {"sslpassword": SSL_PW}
+    assert t.uri == "db:pg://root@127.0.0.1:5432/test?sslmode=require"
+    for shown in (repr(t), str(t), t.uri, t.describe()):
+        assert SSL_PW not in shown and "s3cr" not in shown
+    argv = Sqitch(environ={"PATH": "/nowhere"}).command(["deploy"], t)
+    assert not any(SSL_PW in a or "s3cr" in a for a in argv)
+    # psycopg (in this process) still gets every parameter.
+    assert conninfo_to_dict(t.conninfo())["sslpassword"] == SSL_PW
+
+
+def test_secrets_reach_sqitch_through_a_private_service_file() -> None:
+    t = build_target(f"postgresql://root:pw@h/test?sslpassword={SSL_PW}", NO_ENV)
+    runner = Sqitch(environ={"PATH": "/nowhere"})
+    with sq.secret_service_file(t) as path:
+        assert path is not None
+        assert (Path(path).stat().st_mode & 0o777) == 0o600
+        assert (Path(path).parent.stat().st_mode & 0o777) == 0o700
+        assert Path(path).read_text() == f"[{sq.SERVICE_NAME}]\nsslpassword={SSL_PW}\n"
+        env = runner.child_env(t, path)
+        assert (env["PGSERVICEFILE"], env["PGSERVICE"]) == (path, sq.SERVICE_NAME)
+        assert env["PGPASSWORD"] == "pw"
+    assert not Path(path).exists()
+    with sq.secret_service_file(build_target("postgresql://root:pw@h/test", NO_ENV)) as none:
+        assert none is None
+
+
+@pytest.mark.usefixtures("tools")
+def test_run_passes_secrets_in_a_file_that_is_gone_afterwards(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    seen: dict[str, str] = {}
+
+    def run(argv: Sequence[str], **kwargs: Any) -> subprocess.CompletedProcess[str]:
+        seen.update(kwargs["env"])
+        seen["file"] = Path(kwargs["env"]["PGSERVICEFILE"]).read_text()
+        seen["argv"] = " ".join(argv)
+        return subprocess.CompletedProcess(argv, 0, "", None)
+
+    monkeypatch.setattr("eventstore.sqitch.subprocess.run", run)
+    runner = Sqitch(_project(tmp_path), environ={"PATH": "/bin"})
+    runner.verify(f"postgresql://root:pw@127.0.0.1/utcp?sslpassword={SSL_PW}", capture=True)
+    assert f"sslpassword={SSL_PW}" in seen["file"]
+    assert SSL_PW not in seen["argv"] and "pw@" not in seen["argv"]
+    assert not Path(seen["PGSERVICEFILE"]).exists()
+
+
+@pytest.mark.parametrize(
+    "dsn",
+    [
+        f"postgresql://root:{SSL_PW}@[::1/test",  # unterminated IPv6 host: libpq quotes the URI
+        f"postgresql://root:{SSL_PW}%zz@h/test",  # bad percent-encoding: libpq quotes the token
+        f"postgresql://root@h/test?sslpassword={SSL_PW}&bad",
+        f"host=h password={SSL_PW} sslpassword={SSL_PW} oops",
+    ],
+)
+def test_malformed_dsn_errors_show_no_secret(dsn: str) -> None:
+    with pytest.raises(SqitchError) as info:
+        build_target(dsn, NO_ENV)
+    error = info.value
+    assert "invalid database DSN" in str(error)
+    for shown in (str(error), repr(error), str(error.__cause__), repr(error.__cause__)):
+        assert SSL_PW not in shown
+    assert error.__context__ is None or SSL_PW not in str(error.__context__)
+
+
+def test_a_secret_sqitch_cannot_pass_is_refused_without_showing_it() -> None:
+    t = build_target(f"host=h user=u sslpassword=' {SSL_PW}'", NO_ENV)
+    with pytest.raises(SqitchError, match="sslpassword") as info:
+        sq._check_sqitch_safe(t, "db deploy")
+    assert SSL_PW not in str(info.value)
