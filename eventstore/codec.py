@@ -31,6 +31,7 @@ from .limits import (
     MAX_DEPTH,
     MAX_ID_LENGTH,
     MAX_NUMBER_EXPONENT,
+    MAX_TYPE_LENGTH,
     TIME_PATTERN,
     TYPE_PATTERN,
     time_problem,
@@ -395,7 +396,11 @@ def prepare_append(
         if not isinstance(event, NewEvent):
             raise _fail("each event must be a NewEvent", where, **ctx)
         if not (type(event.type) is str and event.type in types):
-            if not isinstance(event.type, str) or not TYPE_NAME.fullmatch(event.type):
+            if (
+                not isinstance(event.type, str)
+                or len(event.type) > MAX_TYPE_LENGTH
+                or not TYPE_NAME.fullmatch(event.type)
+            ):
                 raise _fail(
                     f"malformed event type {event.type!r}: a letter, then up to 127 letters, "
                     "digits or _ . : -",

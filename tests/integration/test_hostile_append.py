@@ -334,8 +334,10 @@ def test_the_databases_limits_are_the_clients(root_store: EventStore) -> None:
     with root_store.connection() as conn:
         row = conn.execute("SELECT * FROM utcp.log_limits()").fetchone()
     assert row is not None
-    (ids, event, batch, batch_bytes, depth, exponent, earliest, latest, types, times, blank) = row
+    (ids, type_length, event, batch, batch_bytes, depth, exponent, earliest, latest) = row[:9]
+    types, times, blank = row[9:]
     assert ids == limits.MAX_ID_LENGTH
+    assert type_length == limits.MAX_TYPE_LENGTH
     assert event == limits.MAX_EVENT_BYTES == Settings().max_event_bytes
     assert batch == limits.MAX_BATCH_EVENTS == Settings().max_batch_events
     assert batch_bytes == limits.MAX_BATCH_BYTES
@@ -348,7 +350,8 @@ def test_the_databases_limits_are_the_clients(root_store: EventStore) -> None:
     # and the patterns mean the same to PostgreSQL and to Python
     samples = [
         "2024-01-01T00:00:00Z",
-        "2024-01-01T00:00:00.123456789+15:59",
+        "2024-01-01T00:00:00.123456+15:59",
+        "2024-01-01T00:00:00.1234567+15:59",
         "2024-01-01T00:00:00+16:00",
         "2024-01-01T24:00:00Z",
         "0000-01-01T00:00:00Z",
