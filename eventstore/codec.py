@@ -177,7 +177,7 @@ def _shape_problem(encoded: bytes) -> str | None:
             if depth > MAX_DEPTH:
                 return f"is nested more than {MAX_DEPTH} levels deep"
     for token in _NUMBER.findall(bare):
-        number = abs(Decimal(token.decode()))
+        number = Decimal(token.decode()).copy_abs()  # exact: abs() rounds to 28 digits
         if number and not _NUMBER_MIN <= number < _NUMBER_MAX:
             return (
                 f"holds the number {token.decode()[:40]}: non-zero numbers must be between "

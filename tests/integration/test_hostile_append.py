@@ -628,3 +628,33 @@ def test_created_at_is_the_insert_time_not_the_transaction_start(
     first, second = root_store.read_stream(stream)
     assert first.created_at > started[0]
     assert second.created_at >= first.created_at, "an event was recorded before its predecessor"
+
+
+def test_what_the_client_accepts_at_the_limits_the_database_accepts(
+    root_store: EventStore,
+) -> None:
+    def deep(levels: int) -> dict[str, Any]:
+        value: dict[str, Any] = {}
+        for _ in range(levels - 1):
+            value = {"a": value}
+        return value
+
+    stream = f"limits-{uuid.uuid4().hex[:8]}"
+    root_store.append(
+        stream,
+        [
+            NewEvent(
+                "A" + "b" * (limits.MAX_TYPE_LENGTH - 1),
+                {
+                    "n": [10**300 - 1, -(10**300 - 1), 1e-300, 0, 0.0, 1e299],
+                    "d": deep(limits.MAX_DEPTH - 1),
+                    "symbol": "s" * limits.MAX_ID_LENGTH,
+                    "occurred_at": "2024-02-29T23:59:59.123456-15:59",
+                },
+                {"d": deep(limits.MAX_DEPTH - 1)},
+            )
+        ],
+    )
+    [event] = root_store.read_stream(stream)
+    assert event.occurred_at == dt.datetime(2024, 3, 1, 15, 58, 59, 123456, tzinfo=dt.UTC)
+    assert event.data["n"][0] == 10**300 - 1

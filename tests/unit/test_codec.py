@@ -41,6 +41,14 @@ def prepare(
     )
 
 
+def deep(levels: int) -> dict[str, Any]:
+    """An object nested ``levels`` deep (itself level 1)."""
+    value: dict[str, Any] = {}
+    for _ in range(levels - 1):
+        value = {"a": value}
+    return value
+
+
 def field_of(events: Any, **kwargs: Any) -> str | None:
     with pytest.raises(ValidationError) as info:
         prepare(events, **kwargs)
@@ -138,6 +146,40 @@ def test_identifier_limits_are_inclusive() -> None:
             [NewEvent("A", {"occurred_at": "9999-12-31T23:00:00-05:00"})],
             "events[0].data.occurred_at",
         ),
+        # What the database refuses too (eventstore/limits.py): times it would
+        # read differently, numbers and nesting readers cannot decode.
+        ([NewEvent("A", {"occurred_at": "infinity"})], "events[0].data.occurred_at"),
+        (
+            [NewEvent("A", {"occurred_at": "2024-01-01T00:00:00+16:00"})],
+            "events[0].data.occurred_at",
+        ),
+        ([NewEvent("A", {"occurred_at": "2024-01-01 00:00:00Z"})], "events[0].data.occurred_at"),
+        (
+            [NewEvent("A", {"occurred_at": "2024-01-01T00:00:00.1234567Z"})],
+            "events[0].data.occurred_at",
+        ),
+        ([NewEvent("A", {"occurred_at": "2023-02-29T00:00:00Z"})], "events[0].data.occurred_at"),
+        (
+            [
+                NewEvent(
+                    "A",
+                    {
+                        "occurred_at": dt.datetime(
+                            2024, 1, 1, tzinfo=dt.timezone(dt.timedelta(hours=16))
+                        )
+                    },
+                )
+            ],
+            "events[0].data.occurred_at",
+        ),
+        ([NewEvent("A", {"n": 10**300})], "events[0].data"),
+        ([NewEvent("A", {"n": -(10**300)})], "events[0].data"),
+        ([NewEvent("A", {"n": 1e-301})], "events[0].data"),
+        ([NewEvent("A", {}, {"n": 1.5e300})], "events[0].metadata"),
+        ([NewEvent("A", {"n": deep(65)})], "events[0].data"),
+        ([NewEvent("A", {}, {"n": [deep(64)]})], "events[0].metadata"),
+        ([NewEvent("A" + "b" * 128, {})], "events[0].type"),
+        ([NewEvent("A", {"symbol": "\u3000"})], "events[0].data.symbol"),
     ],
 )
 def test_events(events: Any, field: str) -> None:
@@ -385,3 +427,19 @@ def test_a_trade_built_in_code_with_a_string_time_is_refused_by_name() -> None:
             executed_at="2025-01-01T00:00:00Z",  # type: ignore[arg-type]
         )
     assert info.value.field == "executed_at"
+
+
+def test_the_limits_themselves_are_accepted() -> None:
+    prepare(
+        [
+            NewEvent(
+                "A" + "b" * 127,
+                {
+                    "n": [10**300 - 1, -(10**300 - 1), 1e-300, 0, 0.0, 1e299],
+                    "d": deep(63),
+                    "occurred_at": "2024-02-29T23:59:59.123456-15:59",
+                },
+                {"d": deep(63), "s": "1e999 " + "9" * 400},
+            )
+        ]
+    )
