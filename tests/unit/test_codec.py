@@ -16,7 +16,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from eventstore import EventRegistry, NewEvent, Trade, ValidationError, default_registry
-from eventstore.codec import PreparedAppend, _encode_checked, check_value, encoder, prepare_append
+from eventstore.codec import (
+    PreparedAppend,
+    _encode_checked,
+    _shape_problem,
+    check_value,
+    encoder,
+    prepare_append,
+)
 from eventstore.events import uuid7
 
 NOW = dt.datetime(2024, 6, 3, 14, 30, tzinfo=dt.UTC)
@@ -393,9 +400,12 @@ def test_fast_path_refuses_what_the_full_walk_refuses(data: dict[Any, Any]) -> N
     def full() -> None:
         check_value(data, "events[0].data", ctx)
         try:
-            encoder.encode(data)
+            encoded = encoder.encode(data)
         except (TypeError, UnicodeEncodeError, msgspec.EncodeError) as exc:
             raise ValidationError(str(exc), field="events[0].data") from exc
+        # and the database's limits on numbers and nesting (eventstore/limits.py)
+        if _shape_problem(encoded) is not None:
+            raise ValidationError("out of limits", field="events[0].data")
 
     assert _outcome(lambda: _encode_checked(data, "events[0].data", ctx)) == _outcome(full)
 
