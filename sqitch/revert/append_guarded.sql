@@ -197,4 +197,45 @@ LANGUAGE sql STABLE AS $$
      WHERE k.key = p_key
 $$;
 
+-- As sqitch/deploy/hash_v2.sql defined them.
+-- The canonical bytes of one event under scheme 2. Timestamps as epoch
+-- microseconds, jsonb in its normalised text: nothing depends on session
+-- settings.
+CREATE OR REPLACE FUNCTION utcp.event_content_v2(
+    event_id uuid, stream_id text, stream_version bigint, type text, data jsonb,
+    metadata jsonb, symbol text, occurred_at timestamptz, created_at timestamptz,
+    recorded_by text)
+RETURNS bytea LANGUAGE sql STABLE PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT pg_catalog.convert_to('utcp-event-v2', 'UTF8')
+        OPERATOR(pg_catalog.||) COALESCE(utcp.hash_field(event_id::text), '\xffffffff'::bytea)
+        OPERATOR(pg_catalog.||) COALESCE(utcp.hash_field(stream_id), '\xffffffff'::bytea)
+        OPERATOR(pg_catalog.||) COALESCE(utcp.hash_field(stream_version::text), '\xffffffff'::bytea)
+        OPERATOR(pg_catalog.||) COALESCE(utcp.hash_field(type), '\xffffffff'::bytea)
+        OPERATOR(pg_catalog.||) COALESCE(utcp.hash_field(data::text), '\xffffffff'::bytea)
+        OPERATOR(pg_catalog.||) COALESCE(utcp.hash_field(metadata::text), '\xffffffff'::bytea)
+        OPERATOR(pg_catalog.||) COALESCE(utcp.hash_field(symbol), '\xffffffff'::bytea)
+        OPERATOR(pg_catalog.||) COALESCE(utcp.hash_field(
+            (EXTRACT(epoch FROM occurred_at) OPERATOR(pg_catalog.*) 1000000)::bigint::text),
+            '\xffffffff'::bytea)
+        OPERATOR(pg_catalog.||) COALESCE(utcp.hash_field(
+            (EXTRACT(epoch FROM created_at) OPERATOR(pg_catalog.*) 1000000)::bigint::text),
+            '\xffffffff'::bytea)
+        OPERATOR(pg_catalog.||) COALESCE(utcp.hash_field(recorded_by), '\xffffffff'::bytea)
+$$;
+
+-- hash(n) = sha256(hash(n-1) || content_v2(n)), hash(0) empty.
+CREATE OR REPLACE FUNCTION utcp.event_hash_v2(
+    prev_hash bytea, event_id uuid, stream_id text, stream_version bigint, type text,
+    data jsonb, metadata jsonb, symbol text, occurred_at timestamptz, created_at timestamptz,
+    recorded_by text)
+RETURNS bytea LANGUAGE sql STABLE PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT pg_catalog.sha256(COALESCE(prev_hash, '\x'::bytea) OPERATOR(pg_catalog.||)
+        utcp.event_content_v2(event_id, stream_id, stream_version, type, data, metadata, symbol,
+                              occurred_at, created_at, recorded_by))
+$$;
+
 COMMIT;

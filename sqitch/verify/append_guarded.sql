@@ -16,3 +16,6 @@ SELECT 1 / (count(*) = 0)::int
    AND NOT coalesce(proconfig @> ARRAY['search_path=pg_catalog, pg_temp'], false);
 SELECT type, time_field FROM utcp.event_time_fields WHERE false;
 SELECT max_event_bytes FROM utcp.log_limits();
+-- Scheme 2's bytes are those of hash_v2: NULL and '' differ.
+SELECT 1 / (utcp.event_content_v2(NULL, 's', 1, 't', '{}', NULL, NULL, now(), now(), NULL)
+            <> utcp.event_content_v2(NULL, 's', 1, 't', '{}', NULL, '', now(), now(), NULL))::int;

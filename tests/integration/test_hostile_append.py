@@ -658,3 +658,58 @@ def test_what_the_client_accepts_at_the_limits_the_database_accepts(
     [event] = root_store.read_stream(stream)
     assert event.occurred_at == dt.datetime(2024, 3, 1, 15, 58, 59, 123456, tzinfo=dt.UTC)
     assert event.data["n"][0] == 10**300 - 1
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        ("s-1", 1, "T", '{"a": 1}', None, None, "r"),
+        ("s-1", 1, "T", '{"a": 1}', '{"b": "é\\u001f"}', "", ""),
+        ("ストリーム-1", 2**62, "T.x:y-z", '{"ü": [1, 2.5, null]}', "{}", "BRK.B", None),
+    ],
+)
+def test_event_content_v2_is_hash_v2s_encoding(
+    root_store: EventStore, fields: tuple[Any, ...]
+) -> None:
+    """utcp.event_content_v2 (rewritten in append_guarded for speed) gives
+    the bytes hash_v2 defined: a version tag, then each field through
+    utcp.hash_field (-1 for NULL)."""
+    stream, version, type_, data, meta, symbol, who = fields
+    params = {
+        "id": uuid.uuid4(),
+        "stream": stream,
+        "version": version,
+        "type": type_,
+        "data": data,
+        "meta": meta,
+        "symbol": symbol,
+        "who": who,
+        "at": dt.datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=dt.UTC),
+    }
+    field = "coalesce(utcp.hash_field({}), '\\xffffffff'::bytea)"
+    parts = [
+        "%(id)s::uuid::text",
+        "%(stream)s::text",
+        "%(version)s::bigint::text",
+        "%(type)s::text",
+        "%(data)s::jsonb::text",
+        "%(meta)s::jsonb::text",
+        "%(symbol)s::text",
+        "((extract(epoch FROM %(at)s::timestamptz) * 1000000)::bigint)::text",
+        "((extract(epoch FROM %(at)s::timestamptz) * 1000000)::bigint)::text",
+        "%(who)s::text",
+    ]
+    expected = " || ".join(
+        ["convert_to('utcp-event-v2', 'UTF8')"] + [field.format(p) for p in parts]
+    )
+    query = (
+        "SELECT utcp.event_content_v2(%(id)s, %(stream)s, %(version)s, %(type)s, %(data)s,"
+        " %(meta)s, %(symbol)s, %(at)s, %(at)s, %(who)s), " + expected + ","
+        " utcp.event_hash_v2(NULL, %(id)s, %(stream)s, %(version)s, %(type)s, %(data)s,"
+        " %(meta)s, %(symbol)s, %(at)s, %(at)s, %(who)s),"
+        " sha256(" + expected + ")"
+    )
+    with root_store.connection() as conn:
+        row = conn.execute(query, params).fetchone()
+    assert row is not None
+    assert row[0] == row[1] and row[2] == row[3]
