@@ -310,10 +310,16 @@ BEGIN
           LEFT JOIN utcp.event_time_fields f ON f.type = x.e ->> 'type'
     ), sized AS MATERIALIZED (
         SELECT ev.*, ev.data -> ev.tf AS t, ev.data -> 'symbol' AS s,
-               CASE WHEN pg_catalog.jsonb_typeof(ev.data) = 'object'
-                    THEN pg_catalog.octet_length(ev.data::text)
-                         + COALESCE(pg_catalog.octet_length(ev.meta::text), 0) END AS size
+               -- the texts that are measured, fingerprinted and hashed: once
+               CASE WHEN pg_catalog.jsonb_typeof(ev.data) = 'object' THEN ev.data::text END
+                   AS data_text,
+               CASE WHEN pg_catalog.jsonb_typeof(ev.meta) = 'object' THEN ev.meta::text END
+                   AS meta_text
           FROM ev
+    ), measured AS (
+        SELECT z.*, pg_catalog.octet_length(z.data_text)
+                    + COALESCE(pg_catalog.octet_length(z.meta_text), 0) AS size
+          FROM sized z
     ), checked AS MATERIALIZED (
         SELECT c.*, CASE
             WHEN pg_catalog.jsonb_typeof(c.e) <> 'object'
@@ -390,7 +396,7 @@ BEGIN
                                        pg_catalog.to_char(l.latest AT TIME ZONE 'UTC', 'YYYY-MM-DD'),
                                        c.t #>> '{}')
         END AS problem
-          FROM sized c
+          FROM measured c
     )
     SELECT (pg_catalog.array_agg(c.problem ORDER BY c.ord) FILTER (WHERE c.problem IS NOT NULL))[1],
            pg_catalog.sum(c.size), pg_catalog.count(DISTINCT pg_catalog.lower(c.id))::int,
@@ -411,10 +417,10 @@ BEGIN
                    || pg_catalog.string_agg(
                           COALESCE(pg_catalog.int4send(pg_catalog.octet_length(pg_catalog.convert_to(c.type, 'UTF8')))
                    || pg_catalog.convert_to(c.type, 'UTF8'), E'\\xffffffff'::bytea)
-                          || COALESCE(pg_catalog.int4send(pg_catalog.octet_length(pg_catalog.convert_to(c.data::text, 'UTF8')))
-                   || pg_catalog.convert_to(c.data::text, 'UTF8'), E'\\xffffffff'::bytea)
-                          || COALESCE(pg_catalog.int4send(pg_catalog.octet_length(pg_catalog.convert_to(NULLIF(c.meta, 'null'::jsonb)::text, 'UTF8')))
-                   || pg_catalog.convert_to(NULLIF(c.meta, 'null'::jsonb)::text, 'UTF8'), E'\\xffffffff'::bytea)
+                          || COALESCE(pg_catalog.int4send(pg_catalog.octet_length(pg_catalog.convert_to(c.data_text, 'UTF8')))
+                   || pg_catalog.convert_to(c.data_text, 'UTF8'), E'\\xffffffff'::bytea)
+                          || COALESCE(pg_catalog.int4send(pg_catalog.octet_length(pg_catalog.convert_to(c.meta_text, 'UTF8')))
+                   || pg_catalog.convert_to(c.meta_text, 'UTF8'), E'\\xffffffff'::bytea)
                           || COALESCE(pg_catalog.int4send(pg_catalog.octet_length(pg_catalog.convert_to(CASE WHEN (c.e ->> 'id_given')::boolean THEN pg_catalog.lower(c.id) END, 'UTF8')))
                    || pg_catalog.convert_to(CASE WHEN (c.e ->> 'id_given')::boolean THEN pg_catalog.lower(c.id) END, 'UTF8'), E'\\xffffffff'::bytea),
                           E'\\x'::bytea ORDER BY c.ord) FILTER (WHERE c.problem IS NULL))
@@ -431,10 +437,10 @@ BEGIN
            pg_catalog.array_agg(
                COALESCE(pg_catalog.int4send(pg_catalog.octet_length(pg_catalog.convert_to(c.type, 'UTF8')))
                    || pg_catalog.convert_to(c.type, 'UTF8'), E'\\xffffffff'::bytea)
-               || COALESCE(pg_catalog.int4send(pg_catalog.octet_length(pg_catalog.convert_to(c.data::text, 'UTF8')))
-                   || pg_catalog.convert_to(c.data::text, 'UTF8'), E'\\xffffffff'::bytea)
-               || COALESCE(pg_catalog.int4send(pg_catalog.octet_length(pg_catalog.convert_to(NULLIF(c.meta, 'null'::jsonb)::text, 'UTF8')))
-                   || pg_catalog.convert_to(NULLIF(c.meta, 'null'::jsonb)::text, 'UTF8'), E'\\xffffffff'::bytea)
+               || COALESCE(pg_catalog.int4send(pg_catalog.octet_length(pg_catalog.convert_to(c.data_text, 'UTF8')))
+                   || pg_catalog.convert_to(c.data_text, 'UTF8'), E'\\xffffffff'::bytea)
+               || COALESCE(pg_catalog.int4send(pg_catalog.octet_length(pg_catalog.convert_to(c.meta_text, 'UTF8')))
+                   || pg_catalog.convert_to(c.meta_text, 'UTF8'), E'\\xffffffff'::bytea)
                || COALESCE(pg_catalog.int4send(pg_catalog.octet_length(pg_catalog.convert_to(c.s #>> '{}', 'UTF8')))
                    || pg_catalog.convert_to(c.s #>> '{}', 'UTF8'), E'\\xffffffff'::bytea)
                ORDER BY c.ord) FILTER (WHERE c.problem IS NULL)

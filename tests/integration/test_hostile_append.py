@@ -394,6 +394,7 @@ def test_symbol_and_time_are_derived_from_the_payload(
     data = trade_data(when="2026-03-02T15:30:00+01:00")
     stream = f"portfolio-{uuid.uuid4().hex[:8]}"
     with psycopg.connect(attacker, autocommit=True) as conn:
+        conn.execute("SET TimeZone = 'Pacific/Kiritimati'")  # the session's zone plays no part
         raw_append(
             conn,
             stream,
