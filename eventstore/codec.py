@@ -4,12 +4,16 @@ Everything invariant 7 of DESIGN.md refuses is refused here, with a
 :class:`ValidationError` that names the field, so a bad batch writes nothing.
 The batch is encoded once, by msgspec, into the JSON array that
 ``utcp.append_events()`` takes as its one jsonb parameter.
+
+The database checks the same rules again (with the limits of
+eventstore/limits.py), derives the symbol and business time, and computes
+the request fingerprint itself: this module only refuses early, with the
+field named, and never sends what the database derives.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import math
 import re
 import uuid
@@ -21,7 +25,17 @@ import msgspec
 
 from .errors import ValidationError
 from .events import EventRegistry, NewEvent, uuid7
-from .limits import time_problem
+from .limits import (
+    BLANK_PATTERN,
+    MAX_BATCH_BYTES,
+    MAX_DEPTH,
+    MAX_ID_LENGTH,
+    MAX_NUMBER_EXPONENT,
+    MAX_TYPE_LENGTH,
+    TIME_PATTERN,
+    TYPE_PATTERN,
+    time_problem,
+)
 
 __all__ = [
     "PreparedAppend",
@@ -32,13 +46,16 @@ __all__ = [
     "prepare_append",
 ]
 
-#: Sorted keys: the same mapping always encodes to the same bytes, which the
-#: idempotency fingerprint relies on. Decimals travel as strings, exactly.
+#: Sorted keys: the same mapping always encodes to the same bytes. Decimals
+#: travel as strings, exactly.
 encoder: Final = msgspec.json.Encoder(decimal_format="string", order="sorted")
 
-TYPE_NAME: Final = re.compile(r"[A-Za-z][A-Za-z0-9_.:\-]{0,127}")
-MAX_ID_LENGTH: Final = 200
+TYPE_NAME: Final = re.compile(TYPE_PATTERN)
 _CONTROL: Final = re.compile(r"[\x00-\x1f\x7f]")
+_BLANK: Final = re.compile(BLANK_PATTERN)
+_TIME: Final = re.compile(TIME_PATTERN)
+_NUMBER_MAX: Final = Decimal(10) ** MAX_NUMBER_EXPONENT
+_NUMBER_MIN: Final = Decimal(10) ** -MAX_NUMBER_EXPONENT
 
 
 class _WireEvent(msgspec.Struct, omit_defaults=True):
@@ -46,8 +63,8 @@ class _WireEvent(msgspec.Struct, omit_defaults=True):
     type: str
     data: msgspec.Raw
     metadata: msgspec.Raw | None = None
-    symbol: str | None = None
-    occurred_at: str | None = None
+    #: The caller chose the id: it is part of the request's fingerprint.
+    id_given: bool = False
 
 
 class PreparedAppend(msgspec.Struct, frozen=True):
@@ -55,7 +72,6 @@ class PreparedAppend(msgspec.Struct, frozen=True):
 
     payload: bytes  # JSON array for p_events
     event_ids: tuple[uuid.UUID, ...]
-    fingerprint: bytes | None  # only when an idempotency key is given
     caller_ids: bool = False  # some event id was chosen by the caller
 
     def contents(self) -> list[tuple[str, Any, Any]]:
@@ -81,7 +97,7 @@ def check_identifier(value: object, field: str, *, what: str, **ctx: Any) -> str
     """Non-empty text, at most 200 characters, no control characters."""
     if not isinstance(value, str):
         raise _fail(f"{what} must be a string, got {type(value).__name__}", field, **ctx)
-    if not value or not value.strip():
+    if not value or not value.strip() or _BLANK.fullmatch(value):
         raise _fail(f"{what} must not be empty", field, **ctx)
     if len(value) > MAX_ID_LENGTH:
         raise _fail(f"{what} is longer than {MAX_ID_LENGTH} characters", field, **ctx)
@@ -138,6 +154,38 @@ def _finite_numbers(value: Any) -> bool:
     return True
 
 
+_STRING: Final = re.compile(rb'"(?:[^"\\]|\\.)*"')
+_BRACKET: Final = re.compile(rb"[\[\]{}]")
+_NUMBER: Final = re.compile(rb"-?[0-9][0-9.eE+-]*")
+#: A number that may be out of range: an exponent, or 300 digits in a row
+#: (also inside strings: then the exact check below finds nothing).
+_NUMBER_HINT: Final = re.compile(rb"[0-9][eE]|[0-9]{%d}" % MAX_NUMBER_EXPONENT)
+
+
+def _shape_problem(encoded: bytes) -> str | None:
+    """Why the JSON text ``encoded`` nests too deeply or holds a number
+    readers would not decode as written (eventstore/limits.py), or None.
+    Cheap unless the text hints at either."""
+    deep = encoded.count(b"{") + encoded.count(b"[") > MAX_DEPTH
+    if not deep and not _NUMBER_HINT.search(encoded):
+        return None
+    bare = _STRING.sub(b'""', encoded)
+    if deep:
+        depth = 0
+        for bracket in _BRACKET.findall(bare):
+            depth += 1 if bracket in b"[{" else -1
+            if depth > MAX_DEPTH:
+                return f"is nested more than {MAX_DEPTH} levels deep"
+    for token in _NUMBER.findall(bare):
+        number = Decimal(token.decode()).copy_abs()  # exact: abs() rounds to 28 digits
+        if number and not _NUMBER_MIN <= number < _NUMBER_MAX:
+            return (
+                f"holds the number {token.decode()[:40]}: non-zero numbers must be between "
+                f"1e-{MAX_NUMBER_EXPONENT} and 1e{MAX_NUMBER_EXPONENT} in absolute value"
+            )
+    return None
+
+
 def _encode_checked(value: Any, where: str, ctx: dict[str, Any]) -> bytes:
     """``value`` as JSON, refused as check_value refuses it, but fast.
 
@@ -159,6 +207,9 @@ def _encode_checked(value: Any, where: str, ctx: dict[str, Any]) -> bytes:
         and (not _finite_numbers(value))
     ) or b"\\u0000" in encoded:
         check_value(value, where, ctx)
+    problem = _shape_problem(encoded)
+    if problem is not None:
+        raise _fail(f"{where} {problem}", where, **ctx)
     return encoded
 
 
@@ -220,26 +271,36 @@ def error_path(exc: msgspec.ValidationError) -> str:
     return f"{path}.{named.group(1)}" if named else path
 
 
-def _as_time(value: Any, where: str, ctx: dict[str, Any]) -> str | None:
+def _check_time(value: Any, where: str, ctx: dict[str, Any]) -> None:
+    """A business time: a timezone-aware datetime, or the same as text
+    (limits.TIME_PATTERN: ISO 8601 with a zone), within limits."""
     if value is None:
-        return None
+        return
     if isinstance(value, str):
         try:
+            if not _TIME.fullmatch(value):
+                raise ValueError(value)
             value = dt.datetime.fromisoformat(value)
         except ValueError as exc:
-            raise _fail(f"{where} is not an ISO 8601 timestamp", where, **ctx) from exc
+            raise _fail(
+                f"{where} is not an ISO 8601 timestamp with a zone "
+                "(YYYY-MM-DDTHH:MM:SS[.ffffff] then Z or +HH:MM)",
+                where,
+                **ctx,
+            ) from exc
     if not isinstance(value, dt.datetime):
         raise _fail(f"{where} must be a timestamp", where, **ctx)
     problem = time_problem(value)
     if problem is not None:
         raise _fail(f"{where} {problem}", where, **ctx)
-    return value.isoformat()
 
 
 def _payload(
     event: NewEvent, registry: EventRegistry, where: str, ctx: dict[str, Any], symbols: set[str]
-) -> tuple[Any, str | None, str | None]:
-    """Validate one payload: (what to encode, symbol, business time).
+) -> Any:
+    """Validate one payload; return what to encode. The database derives the
+    symbol (``data.symbol``) and the business time (the type's time field,
+    else ``data.occurred_at``) from it: both are checked here as it will.
     ``symbols``: symbols already checked in this batch."""
     data = event.data
     schema = registry.get(event.type)
@@ -275,6 +336,7 @@ def _payload(
             ) from exc
         symbol = getattr(data, schema.symbol_field) if schema.symbol_field else None
         when = getattr(data, schema.time_field) if schema.time_field else None
+        time_field = schema.time_field or "occurred_at"
     elif isinstance(data, msgspec.Struct):
         owner = registry.for_struct(type(data))
         if owner is not None:
@@ -285,15 +347,18 @@ def _payload(
             )
         symbol = getattr(data, "symbol", None)
         when = getattr(data, "occurred_at", None)
+        time_field = "occurred_at"
     elif isinstance(data, Mapping):
         symbol = data.get("symbol")
         when = data.get("occurred_at")
+        time_field = "occurred_at"
     else:
         raise _fail("data must be a mapping or a msgspec Struct", f"{where}.data", **ctx)
     if symbol is not None and not (type(symbol) is str and symbol in symbols):
         symbol = check_identifier(symbol, f"{where}.data.symbol", what="symbol", **ctx)
         symbols.add(symbol)
-    return data, symbol, _as_time(when, f"{where}.data.occurred_at", ctx)
+    _check_time(when, f"{where}.data.{time_field}", ctx)
+    return data
 
 
 def prepare_append(
@@ -321,7 +386,7 @@ def prepare_append(
 
     wire: list[_WireEvent] = []
     ids: list[uuid.UUID] = []
-    digest = hashlib.sha256(stream_id.encode()) if idempotency_key is not None else None
+    total = 0
     seen: set[uuid.UUID] = set()
     # A batch mostly repeats its types and symbols: each is checked once.
     types: set[str] = set()
@@ -331,7 +396,11 @@ def prepare_append(
         if not isinstance(event, NewEvent):
             raise _fail("each event must be a NewEvent", where, **ctx)
         if not (type(event.type) is str and event.type in types):
-            if not isinstance(event.type, str) or not TYPE_NAME.fullmatch(event.type):
+            if (
+                not isinstance(event.type, str)
+                or len(event.type) > MAX_TYPE_LENGTH
+                or not TYPE_NAME.fullmatch(event.type)
+            ):
                 raise _fail(
                     f"malformed event type {event.type!r}: a letter, then up to 127 letters, "
                     "digits or _ . : -",
@@ -340,7 +409,7 @@ def prepare_append(
                 )
             types.add(event.type)
         try:
-            data, symbol, when = _payload(event, registry, where, ctx, symbols)
+            data = _payload(event, registry, where, ctx, symbols)
         except RecursionError:
             raise _fail(f"{where}.data is nested too deeply", f"{where}.data", **ctx) from None
         data_json = _encode_checked(data, f"{where}.data", ctx)
@@ -358,6 +427,11 @@ def prepare_append(
                 f"event is {size} bytes encoded; the limit is {max_event_bytes}",
                 f"{where}.{bigger}",
                 **ctx,
+            )
+        total += size
+        if total > MAX_BATCH_BYTES:
+            raise _fail(
+                f"the batch is more than {MAX_BATCH_BYTES} bytes encoded", f"{where}", **ctx
             )
         if event.event_id is None:
             event_id = uuid7()
@@ -377,19 +451,13 @@ def prepare_append(
                 type=event.type,
                 data=msgspec.Raw(data_json),
                 metadata=None if meta_json is None else msgspec.Raw(meta_json),
-                symbol=symbol,
-                occurred_at=when,
+                # The request, not its accidents: the database fingerprints
+                # caller-given ids, not generated ones (a retry makes new ones).
+                id_given=event.event_id is not None,
             )
         )
-        if digest is not None:
-            # The request, not its accidents: caller-given event ids count,
-            # generated ones don't (a caller's retry generates new ones).
-            digest.update(b"\x1e" + event.type.encode() + b"\x1f" + data_json + b"\x1f")
-            digest.update((meta_json or b"") + b"\x1f")
-            digest.update(str(event.event_id or "").encode())
     return PreparedAppend(
         payload=encoder.encode(wire),
         event_ids=tuple(ids),
-        fingerprint=None if digest is None else digest.digest(),
         caller_ids=any(event.event_id is not None for event in events),
     )

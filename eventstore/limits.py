@@ -6,6 +6,16 @@ Python's limits (years 1 and 9999) is accepted by PostgreSQL but cannot be
 read back, and a log cannot drop an event that no reader can load. Money
 and quantities are Decimals the projections compute with exactly (a
 60-digit context): an amount like ``1E+999999`` would overflow it.
+
+The log's own limits (identifiers, sizes, depth, numbers, time strings) are
+enforced twice: here, by the client first, and by the database
+(``utcp.log_limits()``, sqitch/deploy/append_guarded.sql), whoever calls it.
+The numbers are the same (tests/integration/test_hostile_append.py compares
+them). Readers load the stored jsonb through psycopg and msgspec: a number
+like ``1e5000`` becomes a 5001-digit integer msgspec refuses ("Integer value
+out of range" past 4300 digits), a non-integer past 1.8e308 is "Number out
+of range", one below 5e-324 silently reads back as 0.0, and nesting deeper
+than about 1000 levels is a RecursionError.
 """
 
 from __future__ import annotations
@@ -14,7 +24,22 @@ import datetime as dt
 from decimal import Decimal
 from typing import Final
 
-__all__ = ["MAX_AMOUNT_DIGITS", "MAX_DECIMAL_PLACES", "amount_problem", "time_problem"]
+__all__ = [
+    "BLANK_PATTERN",
+    "MAX_AMOUNT_DIGITS",
+    "MAX_BATCH_BYTES",
+    "MAX_BATCH_EVENTS",
+    "MAX_DECIMAL_PLACES",
+    "MAX_DEPTH",
+    "MAX_EVENT_BYTES",
+    "MAX_ID_LENGTH",
+    "MAX_NUMBER_EXPONENT",
+    "MAX_TYPE_LENGTH",
+    "TIME_PATTERN",
+    "TYPE_PATTERN",
+    "amount_problem",
+    "time_problem",
+]
 
 #: The earliest and latest business times, in UTC, with a day's margin for
 #: any reader's time zone.
@@ -25,11 +50,50 @@ LATEST: Final = dt.datetime(9999, 12, 30, tzinfo=dt.UTC)
 MAX_AMOUNT_DIGITS: Final = 15
 MAX_DECIMAL_PLACES: Final = 18
 
+#: Stream ids, idempotency keys and symbols: at most this many characters,
+#: not blank, no control characters.
+MAX_ID_LENGTH: Final = 200
+#: One event's data + metadata, encoded (the database measures the stored,
+#: normalised jsonb text, which is a little larger than msgspec's compact
+#: form). Settings.max_event_bytes may lower it, not raise it.
+MAX_EVENT_BYTES: Final = 1_048_576
+#: Events in one append. Settings.max_batch_events may lower it.
+MAX_BATCH_EVENTS: Final = 10_000
+#: All events of one append together, measured like MAX_EVENT_BYTES.
+MAX_BATCH_BYTES: Final = 64 * 1_048_576
+#: Nesting of data and metadata: the object itself is level 1. msgspec (and
+#: Python) give up near 1000 levels; 64 leaves room for any real payload.
+MAX_DEPTH: Final = 64
+#: Numbers in data and metadata: 0, or 1e-300 <= |x| < 1e300, so every
+#: reader decodes them as what they are (see above).
+MAX_NUMBER_EXPONENT: Final = 300
+#: An event type name (Python ``re.fullmatch`` here, ``~ '^...$'`` in SQL),
+#: at most MAX_TYPE_LENGTH characters. No counted repetitions ({n,m}) in
+#: these patterns: PostgreSQL's regex engine pays for them on every match.
+TYPE_PATTERN: Final = r"[A-Za-z][A-Za-z0-9_.:-]*"
+MAX_TYPE_LENGTH: Final = 128
+#: A business time written as text: ISO 8601 (RFC 3339) with a zone and at
+#: most microseconds, which PostgreSQL, Python and msgspec read alike,
+#: whatever the session's TimeZone. PostgreSQL takes offsets up to 15:59.
+TIME_PATTERN: Final = (
+    r"(?!0000)[0-9][0-9][0-9][0-9]-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])"
+    r"T([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](\.[0-9][0-9]?[0-9]?[0-9]?[0-9]?[0-9]?)?"
+    r"(Z|[+-](0[0-9]|1[0-5]):[0-5][0-9])"
+)
+#: What counts as blank in an identifier once control characters are
+#: refused: the rest of what Python's str.strip() removes.
+BLANK_PATTERN: Final = r"[ \u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*"
+#: The largest offset from UTC PostgreSQL accepts in a timestamp.
+MAX_UTC_OFFSET: Final = dt.timedelta(hours=15, minutes=59)
+
 
 def time_problem(value: dt.datetime) -> str | None:
     """Why ``value`` cannot be stored as a business time, or None."""
-    if value.tzinfo is None or value.utcoffset() is None:
+    offset = value.utcoffset() if value.tzinfo is not None else None
+    if offset is None:
         return "must be timezone-aware"
+    if abs(offset) > MAX_UTC_OFFSET or offset % dt.timedelta(minutes=1):
+        return f"must have a UTC offset of whole minutes, at most 15:59, got {offset}"
     try:
         utc = value.astimezone(dt.UTC)
     except OverflowError:

@@ -16,6 +16,7 @@ from urllib.parse import unquote
 import msgspec
 
 from .errors import ValidationError
+from .limits import MAX_BATCH_EVENTS, MAX_EVENT_BYTES
 
 __all__ = ["REDACTED", "SECRET_PARAMS", "Settings", "dsn_secrets", "redact", "redact_dsn"]
 
@@ -48,10 +49,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     retry_attempts: int = 5
     #: Total time budget for those attempts, backoff included.
     retry_timeout: float = 30.0
-    #: Largest encoded ``data`` + ``metadata`` of one event, in bytes.
-    max_event_bytes: int = 1_048_576
-    #: Most events in one append.
-    max_batch_events: int = 10_000
+    #: Largest encoded ``data`` + ``metadata`` of one event, in bytes (at
+    #: most limits.MAX_EVENT_BYTES, which the database enforces).
+    max_event_bytes: int = MAX_EVENT_BYTES
+    #: Most events in one append (at most limits.MAX_BATCH_EVENTS).
+    max_batch_events: int = MAX_BATCH_EVENTS
     #: LISTEN/NOTIFY channel the store pokes after appends commit (a wake-up
     #: hint for live readers, debounced, never inside an append); "" for none.
     notify_channel: str = "utcp_events"
@@ -68,17 +70,17 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             ("idle_in_transaction_session_timeout", self.idle_in_transaction_session_timeout >= 0),
             ("retry_attempts", self.retry_attempts >= 1),
             ("retry_timeout", self.retry_timeout > 0),
-            ("max_event_bytes", self.max_event_bytes > 0),
-            ("max_batch_events", self.max_batch_events > 0),
+            ("max_event_bytes", 0 < self.max_event_bytes <= MAX_EVENT_BYTES),
+            ("max_batch_events", 0 < self.max_batch_events <= MAX_BATCH_EVENTS),
         ]
         for name, ok in checks:
             value = getattr(self, name)
             if not ok or (isinstance(value, float) and not math.isfinite(value)):
-                why = (
-                    f" (it must be at least pool_min_size={self.pool_min_size!r})"
-                    if name == "pool_max_size"
-                    else ""
-                )
+                why = {
+                    "pool_max_size": f" (it must be at least pool_min_size={self.pool_min_size!r})",
+                    "max_event_bytes": f" (from 1 to {MAX_EVENT_BYTES}: the database's limit)",
+                    "max_batch_events": f" (from 1 to {MAX_BATCH_EVENTS}: the database's limit)",
+                }.get(name, "")
                 raise ValidationError(
                     f"invalid setting {name}={getattr(self, name)!r}{why}",
                     field=name,

@@ -1,8 +1,9 @@
 """Every SQL statement the store sends, in one place, all parameterised.
 
 The write path is one statement: ``utcp.append_events()`` (sqitch/deploy/
-append_events.sql) does the version check, the idempotency key, the hash
-chain and the insert in one round trip.
+append_guarded.sql) checks the events, derives the indexed columns, does the
+version check, the idempotency key, the hash chain and the insert in one
+round trip.
 """
 
 from __future__ import annotations
@@ -11,7 +12,11 @@ from typing import Final
 
 from psycopg import sql
 
-APPEND: Final = "SELECT * FROM utcp.append_events(%s, %s, %s, %s, %s, %s)"
+# Every argument cast to its exact type: no overload of append_events that
+# someone else created with looser types (unknown, int2) can be preferred.
+APPEND: Final = (
+    "SELECT * FROM utcp.append_events(%s::text, %s::bigint, %s::text, %s::uuid, %s::jsonb)"
+)
 
 # Columns in StoredEvent's field order; checkpoint is "<tx_id>/<position>".
 EVENT_COLUMNS: Final = """
@@ -87,7 +92,7 @@ def find_events(
 SCHEMA_CHECK: Final = """
 SELECT to_regclass('utcp.stored_events') IS NOT NULL,
        to_regclass('utcp.idempotency_keys') IS NOT NULL,
-       to_regprocedure('utcp.append_events(text, bigint, text, bytea, uuid, jsonb)') IS NOT NULL"""
+       to_regprocedure('utcp.append_events(text, bigint, text, uuid, jsonb)') IS NOT NULL"""
 
 # A logical restore into a new cluster leaves stored transaction ids ahead
 # of the cluster's counter (DESIGN.md §4, "Restores").
@@ -110,17 +115,26 @@ SELECT (SELECT count(*) FROM utcp.stored_events),
 OLDEST_TRANSACTION: Final = """
 SELECT pid, role_name, application_name, state, age_seconds FROM utcp.oldest_transaction()"""
 
-# Tamper evidence: recompute every event's hash from its stored fields and
-# check each stream's chain (versions 1..n without gaps, each prev_hash the
-# previous event's hash). Returns one row per broken event.
+# Tamper evidence: recompute every event's hash from its stored fields, under
+# the event's own scheme (hash_version: 1 utcp.event_content, 2
+# utcp.event_hash_v2; a chain may pass from one to the other), and check each
+# stream's chain (versions 1..n without gaps, each prev_hash the previous
+# event's hash). Returns one row per broken event.
 VERIFY_CHAIN: Final = """
 WITH checked AS (
-    SELECT stream_id, stream_version, position, hash, prev_hash,
-           hash = sha256(coalesce(prev_hash, '\\x'::bytea) || utcp.event_content(
-               event_id, stream_id, stream_version, type, data, metadata, symbol,
-               occurred_at, created_at)) AS hash_ok,
+    SELECT stream_id, stream_version, position, hash, prev_hash, hash_version,
+           hash = CASE hash_version
+               WHEN 1 THEN pg_catalog.sha256(
+                   coalesce(prev_hash, '\\x'::bytea) || utcp.event_content(
+                       event_id, stream_id, stream_version, type, data, metadata, symbol,
+                       occurred_at, created_at))
+               WHEN 2 THEN utcp.event_hash_v2(
+                   prev_hash, event_id, stream_id, stream_version, type, data, metadata, symbol,
+                   occurred_at, created_at, recorded_by)
+           END IS TRUE AS hash_ok,
            lag(hash) OVER w AS expected_prev,
-           lag(stream_version, 1, 0::bigint) OVER w AS previous_version
+           lag(stream_version, 1, 0::bigint) OVER w AS previous_version,
+           lag(hash_version, 1, hash_version) OVER w AS previous_scheme
       FROM utcp.stored_events
      WHERE (%(stream_id)s::text IS NULL OR stream_id = %(stream_id)s)
     WINDOW w AS (PARTITION BY stream_id ORDER BY stream_version)
@@ -128,11 +142,14 @@ WITH checked AS (
 SELECT stream_id, stream_version, position,
        CASE WHEN stream_version <> previous_version + 1 THEN 'version gap before this event'
             WHEN NOT hash_ok THEN 'hash does not match the event''s content'
-            ELSE 'prev_hash does not match the previous event''s hash' END
+            WHEN prev_hash IS DISTINCT FROM expected_prev
+            THEN 'prev_hash does not match the previous event''s hash'
+            ELSE 'hash scheme older than the previous event''s (schemes only move forward)' END
   FROM checked
  WHERE NOT hash_ok
     OR stream_version <> previous_version + 1
     OR prev_hash IS DISTINCT FROM expected_prev
+    OR hash_version < previous_scheme
  ORDER BY stream_id, stream_version
  LIMIT %(limit)s"""
 

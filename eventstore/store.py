@@ -261,7 +261,15 @@ def map_error(
         return LogOrderHazard(f"{message}. {hint}" if hint else message, **ctx)
     if state == "UT003" or (state or "").startswith("23"):
         return IntegrityViolation(message, **ctx)
-    if state == "UT004" or (state or "").startswith("22"):
+    if state == "UT004":
+        # utcp.append_events() names the field first: "events[2].data.x: ..."
+        field, sep, text = message.partition(": ")
+        if sep and " " not in field:
+            return ValidationError(f"{field}: {text}", field=field, **ctx)
+        return ValidationError(message, **ctx)
+    if state == "UT005":
+        return IdempotencyConflict(message, **ctx)
+    if (state or "").startswith("22"):
         return ValidationError(message, **ctx)
     if state == "42501":
         return StorageError(f"permission denied: {message}", **ctx)
@@ -483,14 +491,7 @@ class EventStore:
         # Fixed before the first attempt, shared by the retries: it tells a
         # retry its own earlier commit from another call's.
         request_id = uuid.uuid4()
-        params = (
-            stream_id,
-            expected,
-            idempotency_key,
-            prepared.fingerprint,
-            request_id,
-            _JsonbBytes(prepared.payload),
-        )
+        params = (stream_id, expected, idempotency_key, request_id, _JsonbBytes(prepared.payload))
 
         def attempt(n: int) -> AppendResult:
             with self._pool.connection() as conn:
@@ -530,6 +531,8 @@ class EventStore:
                     except psycopg.Error as exc:
                         if exc.sqlstate == "UT002":  # raised by utcp.append_events()
                             raise self._log_order_hazard(exc, stream_id, idempotency_key) from exc
+                        if exc.sqlstate == "UT005":
+                            raise self._key_conflict(exc, stream_id, idempotency_key) from exc
                         if exc.sqlstate != "UT001":
                             raise
                         own = self._own_write(conn, n, stream_id, prepared, idempotency_key)
@@ -547,7 +550,7 @@ class EventStore:
                             sqlstate=exc.sqlstate,
                         ) from exc
                     assert row is not None
-                    return self._result(row, prepared, request_id, stream_id, idempotency_key)
+                    return self._result(row, request_id)
                 raise StorageUnavailable(
                     f"lost the race for stream {stream_id!r} {MAX_STREAM_RACES} times in a row",
                     operation="append",
@@ -593,22 +596,23 @@ class EventStore:
         )
 
     @staticmethod
-    def _result(
-        row: tuple[Any, ...],
-        prepared: PreparedAppend,
-        request_id: uuid.UUID,
-        stream_id: str,
-        key: str | None,
-    ) -> AppendResult:
-        outcome, stored_stream, first, last, positions, stored_request, fingerprint = row
-        if outcome == "k" and fingerprint != prepared.fingerprint:
-            raise IdempotencyConflict(
-                f"idempotency key {key!r} was already used for a different request "
-                f"(stream {stored_stream!r}, versions {first}..{last})",
-                operation="append",
-                stream_id=stream_id,
-                idempotency_key=key,
-            )
+    def _key_conflict(exc: psycopg.Error, stream_id: str, key: str | None) -> IdempotencyConflict:
+        """UT005: the database found the key used for another request (its
+        fingerprint, computed there from the stored events, differs)."""
+        return IdempotencyConflict(
+            f"idempotency key {key!r} was already used for a different request "
+            "(another stream or other events); nothing was written",
+            operation="append",
+            stream_id=stream_id,
+            idempotency_key=key,
+            sqlstate=exc.sqlstate,
+        )
+
+    @staticmethod
+    def _result(row: tuple[Any, ...], request_id: uuid.UUID) -> AppendResult:
+        """A row of utcp.append_events(): 'w' written now, 'k' the key's
+        earlier result (the database has checked it was this very request)."""
+        outcome, stored_stream, first, last, positions, stored_request = row
         # A key holding this call's request id was written by this call's
         # own earlier attempt: report the write, once, not a duplicate.
         duplicate = outcome == "k" and stored_request != request_id

@@ -181,10 +181,11 @@ def test_writer_role_appends_only_through_the_append_function(
         " has_table_privilege('utcp.stored_events', 'DELETE'),"
         " has_table_privilege('utcp.stored_events', 'TRUNCATE'),"
         " has_table_privilege('utcp.idempotency_keys', 'INSERT'),"
+        " has_table_privilege('utcp.idempotency_keys', 'SELECT'),"
         " has_function_privilege("
-        "   'utcp.append_events(text, bigint, text, bytea, uuid, jsonb)', 'EXECUTE')"
+        "   'utcp.append_events(text, bigint, text, uuid, jsonb)', 'EXECUTE')"
     ).fetchone()
-    assert row == (True, False, False, False, False, False, True)
+    assert row == (True, False, False, False, False, False, False, True)
 
 
 def test_the_stores_own_connections_cannot_delete(store: EventStore) -> None:

@@ -164,9 +164,9 @@ def test_a_changed_event_with_a_recomputed_hash_breaks_the_next_link(chain_db: C
         stream,
         "UPDATE utcp.stored_events SET data = '{\"n\": -1}' "
         "WHERE stream_id = %(stream)s AND stream_version = 2",
-        "UPDATE utcp.stored_events SET hash = sha256(coalesce(prev_hash, '\\x'::bytea) ||"
-        " utcp.event_content(event_id, stream_id, stream_version, type, data, metadata, symbol,"
-        " occurred_at, created_at)) WHERE stream_id = %(stream)s AND stream_version = 2",
+        "UPDATE utcp.stored_events SET hash = utcp.event_hash_v2(prev_hash, event_id, stream_id,"
+        " stream_version, type, data, metadata, symbol, occurred_at, created_at, recorded_by)"
+        " WHERE stream_id = %(stream)s AND stream_version = 2",
     )
     report = chain_db.store.verify_chain(stream)
     assert problems(report) == [(stream, 3)]
@@ -268,9 +268,9 @@ def test_a_rewritten_hash_is_detected_by_the_anchors(chain_db: ChainDb) -> None:
     anchor = anchor_everything(chain_db.store)
     chain_db.tamper(
         stream,
-        "UPDATE utcp.stored_events SET data = '{\"n\": 99}', hash = sha256(coalesce(prev_hash,"
-        " '\\x'::bytea) || utcp.event_content(event_id, stream_id, stream_version, type,"
-        " '{\"n\": 99}', metadata, symbol, occurred_at, created_at))"
+        "UPDATE utcp.stored_events SET data = '{\"n\": 99}', hash = utcp.event_hash_v2("
+        " prev_hash, event_id, stream_id, stream_version, type, '{\"n\": 99}', metadata, symbol,"
+        " occurred_at, created_at, recorded_by)"
         " WHERE stream_id = %(stream)s AND stream_version = 2",
     )
     assert chain_db.store.verify_chain(stream).problems == ()

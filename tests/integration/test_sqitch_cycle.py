@@ -64,7 +64,7 @@ def schema_state(dsn: str) -> dict[str, Any]:
             " to_regclass('utcp.idempotency_keys') IS NOT NULL,"
             " to_regclass('utcp.stored_events_global_order') IS NOT NULL,"
             " to_regprocedure("
-            "'utcp.append_events(text, bigint, text, bytea, uuid, jsonb)') IS NOT NULL"
+            "'utcp.append_events(text, bigint, text, uuid, jsonb)') IS NOT NULL"
         ).fetchone()
     assert row is not None
     return dict(zip(["schema", "events", "keys", "index", "append"], row, strict=True))
