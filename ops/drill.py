@@ -450,6 +450,9 @@ class Drill:
             outcome = "FAILED"
             self.failures.append(f"{title}: {exc}")
             raise
+        except BaseException:
+            outcome = "FAILED"
+            raise
         finally:
             seconds = time.monotonic() - started
             self.timings.append((title, seconds, outcome))
