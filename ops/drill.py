@@ -135,7 +135,6 @@ def primary_settings(tmp: Path, port: int, conf: Path) -> dict[str, str]:
         "max_wal_senders": "5",
         "hot_standby": "on",
         "fsync": "off",  # a drill: the disaster is a deletion, not a power cut
-        "synchronous_commit": "off",
     }
 
 
