@@ -9,12 +9,13 @@ export EVENTSTORE_TEST_DSN ?= postgresql://root@127.0.0.1:5432/postgres
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: help bootstrap demo test lint typecheck unit bench clean
+.PHONY: help bootstrap demo test drill lint typecheck unit bench clean
 
 help:
 	@echo "make bootstrap   set up .venv, sqitch and psql; check PostgreSQL"
 	@echo "make demo        deploy the schema to \$$EVENTSTORE_DSN and run the demo"
 	@echo "make test        lint, typecheck and the full test suite"
+	@echo "make drill       backup/restore/standby drill on private clusters (pgBackRest, PITR, pg_dump)"
 	@echo "make lint        ruff check and ruff format --check"
 	@echo "make typecheck   mypy --strict"
 	@echo "make bench       append benchmark"
@@ -32,6 +33,11 @@ test: bootstrap
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 	$(BIN)/pytest
+
+# Private clusters of its own (initdb, free ports), removed at the end; see
+# docs/runbook.md, "Backups and restores".
+drill: bootstrap
+	$(BIN)/python -m ops.drill
 
 lint: bootstrap
 	$(BIN)/ruff check .

@@ -8,6 +8,7 @@ event log on PostgreSQL.
 
 from .adapter import StorageAdapter
 from .errors import (
+    CheckpointNotInLog,
     DuplicateEventId,
     EventStoreError,
     IdempotencyConflict,
@@ -42,6 +43,7 @@ __all__ = [
     "AppendResult",
     "AuditEvent",
     "ChainReport",
+    "CheckpointNotInLog",
     "DuplicateEventId",
     "EventRegistry",
     "EventStore",

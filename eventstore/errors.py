@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 __all__ = [
+    "CheckpointNotInLog",
     "DuplicateEventId",
     "EventStoreError",
     "IdempotencyConflict",
@@ -101,6 +102,25 @@ class LogOrderHazard(EventStoreError):
     Raised after a logical restore into a new cluster, whose transaction ids
     are behind the ones stored in the log. See docs/runbook.md, "Restores".
     """
+
+
+class CheckpointNotInLog(EventStoreError):
+    """``read_all(after=…)`` names an event that is not in this log.
+
+    A checkpoint is always some event's; when that event is gone, the log
+    was restored to a point before it (point-in-time recovery, an older
+    dump), and paging on from it would silently miss or never deliver the
+    events appended since. ``checkpoint`` is the one refused. A projection
+    must be rebuilt (``eventstore project rebuild``); a plain reader starts
+    again from a checkpoint that is in the log. See docs/runbook.md, "Restores".
+    """
+
+    def __init__(self, message: str, *, checkpoint: str, **ctx: Any) -> None:
+        super().__init__(message, **ctx)
+        self.checkpoint = checkpoint
+
+    def context(self) -> dict[str, Any]:
+        return {**super().context(), "checkpoint": self.checkpoint}
 
 
 class SchemaNotDeployed(EventStoreError):

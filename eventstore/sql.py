@@ -36,16 +36,34 @@ SELECT coalesce(max(stream_version), 0) FROM utcp.stored_events WHERE stream_id 
 # DESIGN.md §4: page in (tx_id, position) order, and only through rows whose
 # transaction is older than every transaction still running, so no row can
 # later appear behind a reader's checkpoint.
-_READ_ALL: Final = f"""
-SELECT {EVENT_COLUMNS}
-  FROM utcp.stored_events
- WHERE (tx_id, position) > (%s::xid8, %s)
-   AND tx_id < pg_snapshot_xmin(pg_current_snapshot())
-   {{types}}
- ORDER BY tx_id, position
+#
+# The page starts AT the checkpoint's own event (>=), without its payload:
+# that first row proves the checkpoint is in this log (a checkpoint beyond a
+# restored log must fail loudly, not page nothing for ever) at the cost of
+# one more index entry of the same range scan. The one-row VALUES is
+# flattened by the planner: the scan's bound is the parameters themselves.
+_READ_ALL: Final = """
+SELECT e.position, e.tx_id::text || '/' || e.position::text, e.event_id, e.stream_id,
+       e.stream_version, e.type,
+       CASE WHEN e.position = a.pos THEN NULL ELSE e.data END,
+       CASE WHEN e.position = a.pos THEN NULL ELSE e.metadata END,
+       e.symbol, e.occurred_at, e.created_at, e.prev_hash, e.hash
+  FROM (VALUES (%s::xid8, %s::bigint)) AS a (tx, pos)
+  JOIN utcp.stored_events e ON (e.tx_id, e.position) >= (a.tx, a.pos)
+ WHERE e.tx_id < pg_snapshot_xmin(pg_current_snapshot())
+   {types}
+ ORDER BY e.tx_id, e.position
  LIMIT %s"""
 READ_ALL: Final = _READ_ALL.format(types="")
-READ_ALL_TYPES: Final = _READ_ALL.format(types="AND type = ANY(%s)")
+READ_ALL_TYPES: Final = _READ_ALL.format(types="AND (e.type = ANY(%s) OR e.position = a.pos)")
+
+# Why a checkpoint's event was not at the head of its page: still behind
+# this server's horizon (a standby that has not replayed it yet), or gone.
+CHECKPOINT_PROBE: Final = """
+SELECT EXISTS (SELECT 1 FROM utcp.stored_events
+                WHERE (tx_id, position) = (%(tx)s::xid8, %(pos)s::bigint)),
+       pg_is_in_recovery()
+         AND %(tx)s::xid8 >= pg_snapshot_xmin(pg_current_snapshot())"""
 
 # A wake-up hint for live readers, sent after appends commit (eventstore.notify).
 NOTIFY: Final = "SELECT pg_notify(%s, '')"

@@ -25,6 +25,7 @@ from psycopg.types.json import set_json_loads
 from . import sql
 from .codec import PreparedAppend, check_stream_id, prepare_append
 from .errors import (
+    CheckpointNotInLog,
     DuplicateEventId,
     EventStoreError,
     IdempotencyConflict,
@@ -219,10 +220,24 @@ def _parse_checkpoint(after: str | None) -> tuple[str, int]:
             and int(tx) < 2**64
             and int(pos) <= MAX_BIGINT
         ):
-            return tx, int(pos)
+            # Decimal, as written: xid8 input would read a leading 0 as octal.
+            return str(int(tx)), int(pos)
     raise ValidationError(
         f"malformed checkpoint {after!r}: pass a StoredEvent.checkpoint",
         field="after",
+        operation="read_all",
+    )
+
+
+def _checkpoint_not_in_log(checkpoint: str) -> CheckpointNotInLog:
+    return CheckpointNotInLog(
+        f"checkpoint {checkpoint} names no event in this log: the log was restored to a "
+        "point before it (a point-in-time recovery, an older backup or dump), so what the "
+        "reader saw after the restore point is gone and paging on would miss events. "
+        "Rebuild a projection from the log with `eventstore project rebuild`; start another "
+        "reader again from the start or from a checkpoint that is in this log "
+        "(docs/runbook.md, 'Restores')",
+        checkpoint=checkpoint,
         operation="read_all",
     )
 
@@ -737,13 +752,37 @@ class EventStore:
         """
         tx, pos = _parse_checkpoint(after)
         self._check_limit(limit, "read_all")
+        # The page starts at the checkpoint's own event (sql.READ_ALL): one
+        # more row, dropped here, that proves the checkpoint is in the log.
+        fetch = min(limit + 1, MAX_BIGINT)
+        head = f"{tx}/{pos}"  # the checkpoint's event, as the page shows it
+        query: str
+        params: tuple[Any, ...]
         if types is None:
-            return self._fetch_events("read_all", sql.READ_ALL, (tx, pos, limit))
-        if isinstance(types, str) or not all(isinstance(t, str) for t in types):
+            query, params = sql.READ_ALL, (tx, pos, fetch)
+        elif isinstance(types, str) or not all(isinstance(t, str) for t in types):
             raise ValidationError(
                 "types must be a sequence of type names", field="types", operation="read_all"
             )
-        return self._fetch_events("read_all", sql.READ_ALL_TYPES, (tx, pos, list(types), limit))
+        else:
+            query, params = sql.READ_ALL_TYPES, (tx, pos, list(types), fetch)
+
+        def work(_: int) -> list[StoredEvent]:
+            with self._pool.connection() as conn:
+                rows = conn.cursor(binary=True).execute(query, params).fetchall()
+                if int(tx) == 0 and pos == 0:  # the start of the log (START)
+                    return [StoredEvent(*row) for row in rows[:limit]]
+                if rows and rows[0][1] == head:
+                    return [StoredEvent(*row) for row in rows[1:]]
+                probe = conn.execute(sql.CHECKPOINT_PROBE, {"tx": tx, "pos": pos}).fetchone()
+            if probe is not None and (probe[0] or probe[1]):
+                # In the log but not visible yet (or not replayed yet, on a
+                # standby): nothing to read after it for now.
+                return []
+            raise _checkpoint_not_in_log(head)
+
+        events: list[StoredEvent] = self._run("read_all", work)
+        return events
 
     def find_events(
         self,

@@ -45,6 +45,21 @@ if ! command -v sqitch >/dev/null || ! command -v psql >/dev/null \
     fi
 fi
 
+# 2b. pgBackRest, for `make drill` and the run book's backups. Optional here:
+# without it (no apt-get, no root) the drill says how to install it.
+if ! command -v pgbackrest >/dev/null; then
+    if [ "$(id -u)" -eq 0 ]; then sudo=""; else sudo="sudo -n"; fi
+    if command -v apt-get >/dev/null && { [ -z "$sudo" ] || sudo -n true 2>/dev/null; }; then
+        echo "bootstrap: installing pgbackrest"
+        { $sudo apt-get update -qq \
+            && $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq pgbackrest >/dev/null; } \
+            || echo "bootstrap: could not install pgbackrest (make drill needs it)" >&2
+    else
+        echo "bootstrap: pgbackrest is not installed (make drill needs it):" \
+            "sudo apt-get install -y pgbackrest" >&2
+    fi
+fi
+
 # 3. A PostgreSQL server answering at the DSN.
 if command -v pg_isready >/dev/null; then
     pg_isready -q -d "$DSN" && up=1 || up=0

@@ -1,0 +1,1 @@
+"""Operations tooling: the backup, restore and read scale-out drill (``make drill``)."""
