@@ -48,7 +48,7 @@ from eventstore.schemas import (
     TradeCancelled,
 )
 from projections.rules import replay_fills
-from projections.runner import LOCK_CLASS
+from projections import sql as projection_sql
 
 from .conftest import admin_dsn, dsn_for, run_cli
 
@@ -429,11 +429,14 @@ def test_demo_as_the_writer_alone_cannot_project_and_says_what_it_needs(
 
 @pytest.fixture
 def lock_holder(demo_db: DemoDB) -> Iterator[psycopg.Connection[Any]]:
-    """A connection holding the trading projection's lock, as an active
+    """A connection holding the trading projection's lease, as an active
     worker does (close it to let go)."""
     conn = psycopg.connect(demo_db.admin, autocommit=True)
     try:
-        conn.execute("SELECT pg_advisory_lock(%s, hashtext('trading'))", (LOCK_CLASS,)).fetchone()
+        lease = {"name": "trading", "nonce": 0x5EED_0001}
+        conn.execute(projection_sql.ENSURE_LEASE, ("trading",))
+        conn.execute(projection_sql.TAKE_NONCE, (lease["nonce"],))
+        assert conn.execute(projection_sql.CLAIM_LEASE, lease).rowcount == 1
         yield conn
     finally:
         conn.close()

@@ -170,7 +170,8 @@ def test_catch_up_fails_fast_while_a_worker_is_active(dsn: str, store: EventStor
         busy = run_cli("project", "catch-up", "--dsn", dsn, check=False)
         assert busy.returncode == 1
         assert busy.stderr.count("\n") == 1
-        assert f"a worker is active (pid {pid})" in busy.stderr
+        assert f"a worker is active (pid {pid}, " in busy.stderr
+        assert "application 'eventstore-projection-trading'" in busy.stderr
         assert "--wait" in busy.stderr
 
         code, shown = status_json(dsn)
@@ -184,7 +185,8 @@ def test_catch_up_fails_fast_while_a_worker_is_active(dsn: str, store: EventStor
             "project", "catch-up", "--wait", "--lock-timeout", "0.5", "--dsn", dsn, check=False
         )
         assert waited.returncode == 1
-        assert f"a worker is active (pid {pid}) and did not step back" in waited.stderr
+        assert f"a worker is active (pid {pid}, " in waited.stderr
+        assert "and did not step back" in waited.stderr
     finally:
         holder.release()
     # Once it is gone, --wait gets the lock (a `project run` worker steps back).
