@@ -734,10 +734,14 @@ def _project_skip(args: argparse.Namespace) -> int:
             actor=args.actor,
             occurred_at=dt.datetime.now(dt.UTC),
         )
+        # The key names the recording role: a decision only counts when an
+        # operator records it, so another role's earlier (ignored) decision
+        # for this event must not stand in for it as a "duplicate".
+        (role,) = store.query("skip", "SELECT session_user::text", ())[0]
         store.append(
             skip_stream(name),
             [NewEvent(ProjectionEventSkipped.EVENT_TYPE, decision)],
-            idempotency_key=f"skip:{name}:{event_id}",
+            idempotency_key=f"skip:{name}:{event_id}:{role}",
         )
         stopped_at = projection_status(store, name).last_error_event
     print(f"recorded: projection {name!r} passes over event {event_id} ({what})")

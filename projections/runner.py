@@ -326,13 +326,19 @@ class ProjectionRunner:
         error: ProjectionError | None = None
         decisions: dict[str, tuple[str, str]] | None = None
         done = 0  # events[:done] are applied (or passed over) in this transaction
+        # After a refusal, the rest goes in growing steps (1, 2, 4, …), so a
+        # run of refused events costs one short try each, not the whole rest.
+        step: int | None = None
         with conn.transaction():
             limit = end = len(events)
             while done < limit:
                 try:
                     with conn.transaction():  # a savepoint
                         self.projection.apply(conn, events[done:end], self.tables)
-                    done, end = end, limit
+                    done = end
+                    if step is not None:
+                        step *= 2
+                    end = limit if step is None else min(limit, done + step)
                     continue
                 except ProjectionError as exc:
                     refused = exc.event.event_id
@@ -359,7 +365,8 @@ class ProjectionRunner:
                         decision[1],
                         decision[0],
                     )
-                    done, end = done + 1, limit
+                    done, step = done + 1, 1
+                    end = min(limit, done + step)
             if done > 0:
                 last = events[done - 1]
                 to_tx, to_pos = parse_checkpoint(last.checkpoint)

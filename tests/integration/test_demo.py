@@ -47,8 +47,8 @@ from eventstore.schemas import (
     Trade,
     TradeCancelled,
 )
-from projections.rules import replay_fills
 from projections import sql as projection_sql
+from projections.rules import replay_fills
 
 from .conftest import admin_dsn, dsn_for, run_cli
 
@@ -451,7 +451,7 @@ def test_demo_waits_as_standby_then_fails_clearly_while_another_worker_is_active
     assert re.search(r"^another worker is projecting 'trading' .*as a standby$", proc.stderr, re.M)
     line = proc.stderr.strip().splitlines()[-1]
     assert line.startswith("eventstore.demo: error: another worker still holds"), line
-    assert f"(backend pid {lock_holder.info.backend_pid})" in line
+    assert f"(backend pid {lock_holder.info.backend_pid}, role " in line
     assert "portfolios (" not in proc.stdout and "\nsummary:" not in proc.stdout
 
 
