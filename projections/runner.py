@@ -6,9 +6,10 @@ and commits each batch's table writes and the new checkpoint together.
   advisory lock with a well-known key, which any role could take and hold).
   A worker takes a session-level advisory lock on a random nonce of its
   own, on its own connection (which also does every write), and claims the
-  row for its pid and nonce. The holder is alive while its session holds
-  that nonce's lock (``utcp.projection_session_alive``, from pg_locks: no
-  other session can fake it for the holder's pid), so when its session
+  row for its pid, nonce and backend start. The holder is alive while its
+  session holds that nonce's lock (``utcp.projection_session_alive``, from
+  pg_locks and pg_stat_activity: no other session can fake it for the
+  holder's pid, even one given that pid again), so when its session
   ends (crash, kill, network loss) the lease is free at once and a standby
   (polling) takes it over. The checkpoint update is fenced: it only moves
   from the checkpoint this worker read, and only while the lease is still

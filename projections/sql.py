@@ -194,7 +194,9 @@ UPDATE utcp.projection_checkpoints
 
 # One active worker per projection: the lease row (utcp.projection_leases,
 # only utcp_projector writes it). A session is alive while it holds the
-# advisory lock on its own random nonce (utcp.projection_session_alive).
+# advisory lock on its own random nonce and its backend is the one that
+# started when it claimed (utcp.projection_session_alive): a session that
+# gets a dead holder's pid again cannot pass for it.
 ENSURE_LEASE: Final = """
 INSERT INTO utcp.projection_leases (projection) VALUES (%s)
 ON CONFLICT (projection) DO NOTHING"""
@@ -207,23 +209,30 @@ TAKE_NONCE: Final = "SELECT pg_try_advisory_lock(%s::bigint)"
 CLAIM_LEASE: Final = """
 UPDATE utcp.projection_leases
    SET holder_pid = pg_backend_pid(), holder_nonce = %(nonce)s,
-       requested_pid = NULL, requested_nonce = NULL, since = clock_timestamp()
+       holder_started = (SELECT backend_start FROM pg_stat_activity
+                          WHERE pid = pg_backend_pid()),
+       requested_pid = NULL, requested_nonce = NULL, requested_started = NULL,
+       since = clock_timestamp()
  WHERE projection = %(name)s
-   AND NOT utcp.projection_session_alive(holder_pid, holder_nonce)
-   AND (NOT utcp.projection_session_alive(requested_pid, requested_nonce)
+   AND NOT utcp.projection_session_alive(holder_pid, holder_nonce, holder_started)
+   AND (NOT utcp.projection_session_alive(requested_pid, requested_nonce, requested_started)
         OR (requested_pid = pg_backend_pid() AND requested_nonce = %(nonce)s))"""
 
 # Queue to take over (a rebuild, `catch-up --wait`): when no other live
 # session is queued already.
 REQUEST_LEASE: Final = """
 UPDATE utcp.projection_leases
-   SET requested_pid = pg_backend_pid(), requested_nonce = %(nonce)s
+   SET requested_pid = pg_backend_pid(), requested_nonce = %(nonce)s,
+       requested_started = (SELECT backend_start FROM pg_stat_activity
+                             WHERE pid = pg_backend_pid())
  WHERE projection = %(name)s
    AND ((requested_pid = pg_backend_pid() AND requested_nonce = %(nonce)s)
-        OR NOT utcp.projection_session_alive(requested_pid, requested_nonce))"""
+        OR NOT utcp.projection_session_alive(requested_pid, requested_nonce,
+                                             requested_started))"""
 
 WITHDRAW_REQUEST: Final = """
-UPDATE utcp.projection_leases SET requested_pid = NULL, requested_nonce = NULL
+UPDATE utcp.projection_leases
+   SET requested_pid = NULL, requested_nonce = NULL, requested_started = NULL
  WHERE projection = %(name)s AND requested_pid = pg_backend_pid()
    AND requested_nonce = %(nonce)s"""
 
@@ -236,16 +245,19 @@ SELECT EXISTS (SELECT FROM utcp.projection_leases
 PAUSE_REQUESTED: Final = """
 SELECT EXISTS (SELECT FROM utcp.projection_leases
                 WHERE projection = %(name)s AND requested_pid <> pg_backend_pid()
-                  AND utcp.projection_session_alive(requested_pid, requested_nonce))"""
+                  AND utcp.projection_session_alive(requested_pid, requested_nonce,
+                                                    requested_started))"""
 
 # The holder hands the lease to the live session queued for it.
 HAND_OVER: Final = """
 UPDATE utcp.projection_leases
    SET holder_pid = requested_pid, holder_nonce = requested_nonce,
-       requested_pid = NULL, requested_nonce = NULL, since = clock_timestamp()
+       holder_started = requested_started,
+       requested_pid = NULL, requested_nonce = NULL, requested_started = NULL,
+       since = clock_timestamp()
  WHERE projection = %(name)s AND holder_pid = pg_backend_pid() AND holder_nonce = %(nonce)s
    AND requested_pid <> pg_backend_pid()
-   AND utcp.projection_session_alive(requested_pid, requested_nonce)"""
+   AND utcp.projection_session_alive(requested_pid, requested_nonce, requested_started)"""
 
 # Let go of the lease, and of a request to take it over.
 RELEASE_LEASE: Final = """
@@ -258,7 +270,12 @@ UPDATE utcp.projection_leases
                             THEN NULL ELSE requested_pid END,
        requested_nonce = CASE WHEN requested_pid = pg_backend_pid()
                                AND requested_nonce = %(nonce)s
-                              THEN NULL ELSE requested_nonce END
+                              THEN NULL ELSE requested_nonce END,
+       holder_started = CASE WHEN holder_pid = pg_backend_pid() AND holder_nonce = %(nonce)s
+                             THEN NULL ELSE holder_started END,
+       requested_started = CASE WHEN requested_pid = pg_backend_pid()
+                                 AND requested_nonce = %(nonce)s
+                                THEN NULL ELSE requested_started END
  WHERE projection = %(name)s
    AND ((holder_pid = pg_backend_pid() AND holder_nonce = %(nonce)s)
         OR (requested_pid = pg_backend_pid() AND requested_nonce = %(nonce)s))"""

@@ -29,38 +29,49 @@ END $$;
 -- One row per projection (and per rebuild): the session that is its active
 -- worker, and a session (a rebuild, `catch-up --wait`) queued to take it
 -- over. A session is alive while it holds a session-level advisory lock on
--- its own random nonce (utcp.projection_session_alive): no other session
--- can fake that for its pid, and a killed worker's lease is free at once.
+-- its own random nonce and its backend started when it said
+-- (utcp.projection_session_alive): no other session can fake that for its
+-- pid, not even one that gets the pid again, and a killed worker's lease
+-- is free at once.
 CREATE TABLE utcp.projection_leases (
-    projection      text        NOT NULL,
-    holder_pid      integer,
-    holder_nonce    bigint,
-    requested_pid   integer,
-    requested_nonce bigint,
-    since           timestamptz NOT NULL DEFAULT pg_catalog.clock_timestamp(),
+    projection        text        NOT NULL,
+    holder_pid        integer,
+    holder_nonce      bigint,
+    holder_started    timestamptz,  -- pg_stat_activity.backend_start of the holder
+    requested_pid     integer,
+    requested_nonce   bigint,
+    requested_started timestamptz,
+    since             timestamptz NOT NULL DEFAULT pg_catalog.clock_timestamp(),
     CONSTRAINT projection_leases_pkey PRIMARY KEY (projection)
 );
 REVOKE ALL ON utcp.projection_leases FROM PUBLIC;
 GRANT SELECT, INSERT, UPDATE ON utcp.projection_leases TO utcp_projector;
 
--- Whether backend ``p_pid`` of this database holds the session-level
--- advisory lock on ``p_nonce`` (pg_advisory_lock(bigint): classid is the
--- high half, objid the low half, objsubid 1).
-CREATE FUNCTION utcp.projection_session_alive(p_pid integer, p_nonce bigint)
+-- Whether backend ``p_pid`` of this database, started at ``p_started``,
+-- holds the session-level advisory lock on ``p_nonce``
+-- (pg_advisory_lock(bigint): classid is the high half, objid the low half,
+-- objsubid 1). SECURITY DEFINER to see every session's backend_start.
+CREATE FUNCTION utcp.projection_session_alive(p_pid integer, p_nonce bigint,
+                                              p_started timestamptz)
 RETURNS boolean
-LANGUAGE sql VOLATILE
+LANGUAGE sql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
-  SELECT p_pid IS NOT NULL AND p_nonce IS NOT NULL AND EXISTS (
-    SELECT FROM pg_catalog.pg_locks k
-     WHERE k.locktype = 'advisory' AND k.granted AND k.pid = p_pid AND k.objsubid = 1
-       AND k.database = (SELECT d.oid FROM pg_catalog.pg_database d
-                          WHERE d.datname = pg_catalog.current_database())
-       AND k.classid = ((p_nonce >> 32) & 4294967295)::oid
-       AND k.objid = (p_nonce & 4294967295)::oid)
+  SELECT p_pid IS NOT NULL AND p_nonce IS NOT NULL AND p_started IS NOT NULL
+     AND EXISTS (
+       SELECT FROM pg_catalog.pg_locks k
+        WHERE k.locktype = 'advisory' AND k.granted AND k.pid = p_pid AND k.objsubid = 1
+          AND k.database = (SELECT d.oid FROM pg_catalog.pg_database d
+                             WHERE d.datname = pg_catalog.current_database())
+          AND k.classid = ((p_nonce >> 32) & 4294967295)::oid
+          AND k.objid = (p_nonce & 4294967295)::oid)
+     AND EXISTS (
+       SELECT FROM pg_catalog.pg_stat_activity a
+        WHERE a.pid = p_pid AND a.backend_start = p_started)
 $$;
-REVOKE ALL ON FUNCTION utcp.projection_session_alive(integer, bigint) FROM PUBLIC;
-GRANT EXECUTE ON FUNCTION utcp.projection_session_alive(integer, bigint) TO utcp_projector;
+REVOKE ALL ON FUNCTION utcp.projection_session_alive(integer, bigint, timestamptz) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION utcp.projection_session_alive(integer, bigint, timestamptz)
+    TO utcp_projector;
 
 -- For `project status` and messages (any group): the live holder and the
 -- live requester of a lease, with what pg_stat_activity says of them.
@@ -72,12 +83,14 @@ SET search_path = pg_catalog, pg_temp
 AS $$
   SELECT s.role, s.pid, a.usename::text, a.application_name, a.state, s.since
     FROM utcp.projection_leases l
-   CROSS JOIN LATERAL (VALUES ('holder', l.holder_pid, l.holder_nonce, l.since),
-                              ('requester', l.requested_pid, l.requested_nonce, NULL::timestamptz))
-         AS s(role, pid, nonce, since)
+   CROSS JOIN LATERAL (VALUES ('holder', l.holder_pid, l.holder_nonce, l.holder_started,
+                               l.since),
+                              ('requester', l.requested_pid, l.requested_nonce,
+                               l.requested_started, NULL::timestamptz))
+         AS s(role, pid, nonce, started, since)
     LEFT JOIN pg_catalog.pg_stat_activity a ON a.pid = s.pid
    WHERE l.projection = p_projection
-     AND utcp.projection_session_alive(s.pid, s.nonce)
+     AND utcp.projection_session_alive(s.pid, s.nonce, s.started)
 $$;
 REVOKE ALL ON FUNCTION utcp.projection_lease_holders(text) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION utcp.projection_lease_holders(text)
@@ -167,7 +180,8 @@ DECLARE
 BEGIN
   IF NOT EXISTS (SELECT FROM utcp.projection_leases l
                   WHERE l.projection = p_projection AND l.holder_pid = pg_catalog.pg_backend_pid()
-                    AND utcp.projection_session_alive(l.holder_pid, l.holder_nonce)) THEN
+                    AND utcp.projection_session_alive(l.holder_pid, l.holder_nonce,
+                                                      l.holder_started)) THEN
     RAISE EXCEPTION 'projection %: this session does not hold its lease', p_projection
       USING ERRCODE = '55000';
   END IF;
@@ -265,7 +279,7 @@ DECLARE
   f text;
 BEGIN
   EXECUTE pg_catalog.format('ALTER TABLE utcp.projection_leases OWNER TO %I', owner);
-  FOREACH f IN ARRAY ARRAY['utcp.projection_session_alive(integer, bigint)',
+  FOREACH f IN ARRAY ARRAY['utcp.projection_session_alive(integer, bigint, timestamptz)',
                            'utcp.projection_lease_holders(text)',
                            'utcp.rebuild_shadow_names(text)',
                            'utcp.rebuild_prepare(text)',

@@ -10,7 +10,7 @@ DROP FUNCTION utcp.rebuild_discard(text);
 DROP FUNCTION utcp.rebuild_prepare(text);
 DROP FUNCTION utcp.rebuild_shadow_names(text);
 DROP FUNCTION utcp.projection_lease_holders(text);
-DROP FUNCTION utcp.projection_session_alive(integer, bigint);
+DROP FUNCTION utcp.projection_session_alive(integer, bigint, timestamptz);
 DROP TABLE utcp.projection_leases;
 
 -- The projector's grants go first, so that owning the tables again gives

@@ -17,6 +17,7 @@ import datetime as dt
 import json
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -161,9 +162,9 @@ def catch_up_until_idle(dsn: str, *extra: str) -> None:
 
 ATTACKS = {
     "an append_events overload that psycopg's types would prefer": (
-        "CREATE FUNCTION utcp.append_events(p_stream_id unknown, p_expected int2, p_key text, "
+        "CREATE FUNCTION utcp.append_events(p_stream_id text, p_expected int2, p_key text, "
         "p_fingerprint bytea, p_request_id uuid, p_events jsonb) RETURNS void "
-        "LANGUAGE sql AS 'SELECT NULL'"
+        "LANGUAGE plpgsql AS 'BEGIN END'"
     ),
     "a function of its own in utcp": (
         "CREATE FUNCTION utcp.sha256(bytea) RETURNS bytea LANGUAGE sql AS 'SELECT $1'"
@@ -197,7 +198,11 @@ def test_a_projector_cannot_create_in_or_own_anything_in_utcp(
             ).format(sql.Identifier(role))
         )
         statement = ATTACKS[attack].format(schema=f'"{role}"', role=f'"{role}"')
-        with pytest.raises(pg_errors.InsufficientPrivilege):
+        # (Rolled back, so that an attack that works does no lasting harm.)
+        with (
+            conn.transaction(force_rollback=True),
+            pytest.raises(pg_errors.InsufficientPrivilege),
+        ):
             conn.execute(statement.encode())
         # What it keeps: the DML a worker needs, on the projection tables.
         with conn.transaction(force_rollback=True):
@@ -267,92 +272,168 @@ def test_a_projector_only_login_runs_catch_up_run_and_rebuild(
     assert owner is True  # the swapped-in table too belongs to the schema's owner
 
 
+def test_a_view_of_its_own_on_a_projection_table_cannot_stop_a_rebuild(
+    dsn: str, projector_dsn: str, store: EventStore
+) -> None:
+    """A reader's view on utcp.trades depends on the live table, which the
+    swap drops once it is renamed away: the view goes with it (it would
+    show the old rows), the rebuild is not held off."""
+    with (
+        login_role(dsn, "utcp_reader", own_schema=True) as reader_dsn,
+        psycopg.connect(reader_dsn, autocommit=True) as reader,
+    ):
+        schema = sql.Identifier(reader.info.user)
+        reader.execute(sql.SQL("CREATE VIEW {}.pinned AS SELECT * FROM utcp.trades").format(schema))
+        proc = run_cli("project", "rebuild", "--dsn", projector_dsn, check=False)
+        assert proc.returncode == 0, proc.stderr
+        assert "no differences" in proc.stdout
+        gone = reader.execute(
+            "SELECT to_regclass(%s)", (f'"{reader.info.user}".pinned',)
+        ).fetchone()
+        assert gone == (None,)
+
+
 # -- nobody else can hold the projection's exclusion ---------------------------------
 
 
-def hold_every_advisory_key(conn: psycopg.Connection[Any], names: list[str]) -> int:
-    """Take the old fixed keys for ``names``, and try every advisory key any
-    session holds now (pg_locks is visible to every role). How many it holds."""
-    for name in names:
-        conn.execute("SELECT pg_advisory_lock(%s, hashtext(%s))", (OLD_LOCK_CLASS, name))
-    seen = conn.execute(
+Key = tuple[int, int, int]  # pg_locks classid, objid, objsubid
+
+
+def keys_in_use(conn: psycopg.Connection[Any]) -> list[Key]:
+    """Every advisory key another session holds now (pg_locks is visible to
+    every role)."""
+    rows = conn.execute(
         "SELECT classid::bigint, objid::bigint, objsubid FROM pg_locks "
         "WHERE locktype = 'advisory' AND pid <> pg_backend_pid()"
     ).fetchall()
-    for classid, objid, subid in seen:
+    return [(int(c), int(o), int(s)) for c, o, s in rows]
+
+
+def take_keys(conn: psycopg.Connection[Any], keys: list[Key]) -> None:
+    """Try to take each key (and keep it: session-level)."""
+
+    def signed(value: int) -> int:
+        return value - (1 << 32) if value >= 1 << 31 else value
+
+    for classid, objid, subid in keys:
         if subid == 1:
             conn.execute("SELECT pg_try_advisory_lock(%s::bigint)", ((classid << 32) | objid,))
         else:
             conn.execute(
-                "SELECT pg_try_advisory_lock(%s::int, %s::int)",
-                (
-                    classid - (1 << 32) if classid >= 1 << 31 else classid,
-                    objid - (1 << 32) if objid >= 1 << 31 else objid,
-                ),
+                "SELECT pg_try_advisory_lock(%s::int, %s::int)", (signed(classid), signed(objid))
             )
+
+
+def held_keys(conn: psycopg.Connection[Any]) -> int:
     row = conn.execute(
         "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()"
     ).fetchone()
     return int(row[0]) if row else 0
 
 
+def stop_after(seconds: float) -> threading.Event:
+    """A stop flag that sets itself after ``seconds`` (a bounded standby)."""
+    stop = threading.Event()
+    timer = threading.Timer(seconds, stop.set)
+    timer.daemon = True
+    timer.start()
+    return stop
+
+
 @pytest.mark.parametrize("group", ["utcp_reader", "utcp_writer"])
 def test_no_other_role_can_hold_the_workers_off(
     dsn: str, projector_dsn: str, store: EventStore, group: str
 ) -> None:
-    names = ["trading", "trading__rebuild"]
-    with login_role(dsn, group, own_schema=True) as attacker_dsn:
-        standby = ProjectionRunner(store, projector_dsn)
-        assert standby.acquire(), "the projector takes the lease"
-        with psycopg.connect(attacker_dsn, autocommit=True) as attacker:
-            held = hold_every_advisory_key(attacker, names)
-            assert held >= len(names)
-            # (b) The lease itself is the projector's: no reading, no writing.
-            for statement in (
-                "SELECT * FROM utcp.projection_leases",
-                "UPDATE utcp.projection_leases SET holder_pid = pg_backend_pid()",
-                "INSERT INTO utcp.projection_leases (projection) VALUES ('x')",
-                "DELETE FROM utcp.projection_leases",
-            ):
-                with pytest.raises(pg_errors.InsufficientPrivilege):
-                    attacker.execute(statement)
-            standby.release()  # the attacker now also holds the key it saw, if any
-            hold_every_advisory_key(attacker, [])
-            # (a) Holding every key: catch-up, run and rebuild still run.
-            open_portfolio(store, f"p{uuid.uuid4().hex[:6]}")
-            catch_up_until_idle(projector_dsn)
-            proc = run_cli("project", "rebuild", "--dsn", projector_dsn)
-            assert "no differences" in proc.stdout, proc.stdout
-            worker = subprocess.Popen(
-                [*RUN, "--dsn", projector_dsn],
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                text=True,
+    with (
+        login_role(dsn, group, own_schema=True) as attacker_dsn,
+        psycopg.connect(attacker_dsn, autocommit=True) as attacker,
+    ):
+        # The fixed keys of the advisory-lock design, for the worker and the
+        # rebuild, taken first and held.
+        for name in ("trading", "trading__rebuild"):
+            attacker.execute(
+                "SELECT pg_advisory_lock(%s, hashtext(%s))", (OLD_LOCK_CLASS, name)
+            ).fetchone()
+        worker = ProjectionRunner(store, projector_dsn)
+        assert worker.acquire(stop_after(10), standby=0.1), "the projector is held off"
+        # Whatever keys the worker's session holds: seen, tried, and taken
+        # for good once the worker lets go of them.
+        seen = keys_in_use(attacker)
+        take_keys(attacker, seen)
+        # (b) The lease itself is the projector's: no reading, no writing.
+        for statement in (
+            "SELECT * FROM utcp.projection_leases",
+            "UPDATE utcp.projection_leases SET holder_pid = pg_backend_pid()",
+            "INSERT INTO utcp.projection_leases (projection) VALUES ('x')",
+            "DELETE FROM utcp.projection_leases",
+        ):
+            with pytest.raises(pg_errors.InsufficientPrivilege):
+                attacker.execute(statement.encode())
+        worker.release()
+        take_keys(attacker, seen)
+        assert held_keys(attacker) >= 2
+        # (a) Holding every key it could: catch-up, rebuild and run still run.
+        open_portfolio(store, f"p{uuid.uuid4().hex[:6]}")
+        catch_up_until_idle(projector_dsn)
+        proc = run_cli("project", "rebuild", "--dsn", projector_dsn)
+        assert "no differences" in proc.stdout, proc.stdout
+        running = subprocess.Popen(
+            [*RUN, "--dsn", projector_dsn],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            wait_until(lambda: projection_status(store).active_worker_pid is not None, "the worker")
+            pid = f"p{uuid.uuid4().hex[:6]}"
+            open_portfolio(store, pid)
+            wait_until(
+                lambda: (
+                    one_value(
+                        dsn, "SELECT count(*) FROM utcp.trades WHERE trade_id = %s", (f"{pid}-t",)
+                    )
+                    == 1
+                ),
+                "the worker to project past the attacker",
             )
-            try:
-                wait_until(
-                    lambda: projection_status(store).active_worker_pid is not None, "the worker"
-                )
-                pid = f"p{uuid.uuid4().hex[:6]}"
-                open_portfolio(store, pid)
-                wait_until(
-                    lambda: (
-                        one_value(
-                            dsn,
-                            "SELECT count(*) FROM utcp.trades WHERE trade_id = %s",
-                            (f"{pid}-t",),
-                        )
-                        == 1
-                    ),
-                    "the worker to project past the attacker",
-                )
-                # And status names the worker, not the attacker.
-                shown = status_json(attacker_dsn)
-                assert shown["active_worker_pid"] not in (None, attacker.info.backend_pid)
-            finally:
-                worker.terminate()
-                worker.communicate(timeout=WAIT)
-            assert worker.returncode == 0
+            # And status, as the attacker sees it, names the worker.
+            shown = status_json(attacker_dsn)
+            assert shown["active_worker_pid"] not in (None, attacker.info.backend_pid)
+        finally:
+            running.terminate()
+            running.communicate(timeout=WAIT)
+        assert running.returncode == 0
+
+
+def test_a_session_that_gets_a_dead_holders_pid_cannot_pass_for_it(
+    dsn: str, projector_dsn: str, store: EventStore
+) -> None:
+    """A holder died; an attacker's session got its pid and took the
+    advisory lock on its nonce (seen in pg_locks before): the lease is
+    still free, because that backend did not start when the holder did."""
+    nonce = 0x7A11_0000_0001
+    with (
+        login_role(dsn, "utcp_reader") as attacker_dsn,
+        psycopg.connect(attacker_dsn, autocommit=True) as attacker,
+        psycopg.connect(dsn, autocommit=True) as admin,
+    ):
+        attacker.execute("SELECT pg_advisory_lock(%s::bigint)", (nonce,)).fetchone()
+        # The lease as the dead holder left it, but for the attacker's pid
+        # (the superuser writes what only a recycled pid could make true).
+        admin.execute(
+            "INSERT INTO utcp.projection_leases (projection) VALUES ('trading') "
+            "ON CONFLICT DO NOTHING"
+        )
+        admin.execute(
+            "UPDATE utcp.projection_leases SET holder_pid = %s, holder_nonce = %s, "
+            "holder_started = (SELECT backend_start - interval '1 minute' "
+            "FROM pg_stat_activity WHERE pid = %s) WHERE projection = 'trading'",
+            (attacker.info.backend_pid, nonce, attacker.info.backend_pid),
+        )
+        assert projection_status(store).active_worker_pid is None
+        worker = ProjectionRunner(store, projector_dsn)
+        assert worker.acquire(stop_after(10), standby=0.1), "the attacker holds the lease"
+        worker.release()
 
 
 # -- skip decisions only from operators ----------------------------------------------
