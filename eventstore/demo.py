@@ -646,8 +646,9 @@ def record(
 
 # -- projecting -----------------------------------------------------------------
 
+
 def _lock_holder(runner: ProjectionRunner) -> str:
-    """" (backend pid N, role …)": the live holder of the projection's lease."""
+    """The live holder of the projection's lease, as " (backend pid N, role …)"."""
     try:
         holders = runner.holders()
     except psycopg.Error:

@@ -92,7 +92,7 @@ class LeaseHolder(msgspec.Struct, frozen=True):
     since: dt.datetime | None
 
     def describe(self) -> str:
-        """ "pid 123, role app, application 'x', idle, for 4.2 s"."""
+        """As "pid 123, role app, application 'x', idle, holding it for 4.2 s"."""
         parts = [f"pid {self.pid}"]
         if self.usename:
             parts.append(f"role {self.usename}")

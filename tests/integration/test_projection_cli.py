@@ -148,6 +148,9 @@ def test_catch_up_ends_while_writers_keep_appending(
         writer.start()
     try:
         wait_until(lambda: all(w.desk.events > 20 for w in writers), "the writers to append")
+        # Readable, not only committed (a transaction elsewhere in the
+        # cluster can hold the readers' horizon back for a moment).
+        wait_until(lambda: projection_status(store).lag_events > 0, "new events to be readable")
         proc = run_cli("project", "catch-up", "--batch-size", "1", "--dsn", dsn, timeout=WAIT)
     finally:
         for writer in writers:
