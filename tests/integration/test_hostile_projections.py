@@ -550,6 +550,13 @@ def test_a_thousand_skip_decisions_in_one_batch(
             )
         # All of them, and their decisions, in one batch: no RecursionError.
         batch = ("--batch-size", str(4 * count))
+        wait_until(
+            lambda: (
+                (shown := status_json(dsn))["lag_events"] >= 2 * count
+                and shown["waiting_events"] == 0
+            ),
+            "every refused event and decision to be readable",
+        )
         catch_up_until_idle(projector_dsn, *batch)
         shown = status_json(dsn)
         assert shown["last_error"] is None and shown["lag_events"] == 0
