@@ -292,9 +292,9 @@ def _blockers(conn: psycopg.Connection[Any]) -> str:
         state_text = state or "state unknown"
         sessions.append(
             f"pid {pid} (role {role}, application {application or '-'!r}, {state_text}"
-            f"{since}, holding {modes})"
+            f"{since}; {modes})"
         )
-    return "held by " + "; ".join(sessions)
+    return "blocked by " + "; ".join(sessions)
 
 
 def _bounded(conn: psycopg.Connection[Any], name: str, what: str, step: Callable[[], T]) -> T:

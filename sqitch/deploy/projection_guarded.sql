@@ -246,8 +246,10 @@ REVOKE ALL ON FUNCTION utcp.rebuild_swap(text, text, text) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION utcp.rebuild_swap(text, text, text) TO utcp_projector;
 
 -- The sessions (but the caller's) holding a lock on a live read model or
--- on a shadow table of ``p_suffix``: what keeps a rebuild's DDL waiting
--- (an ACCESS EXCLUSIVE lock conflicts with every other lock).
+-- on a shadow table of ``p_suffix``, or queued for one: what keeps a
+-- rebuild's DDL waiting (an ACCESS EXCLUSIVE lock conflicts with every
+-- other lock, and queues behind earlier requests): the sessions
+-- pg_blocking_pids() would name while it waits.
 CREATE FUNCTION utcp.projection_table_lockers(p_suffix text)
 RETURNS TABLE (pid integer, usename text, application_name text, state text, lock_modes text,
                xact_seconds double precision)
@@ -255,11 +257,12 @@ LANGUAGE sql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
   SELECT k.pid, a.usename::text, a.application_name, a.state,
-         pg_catalog.string_agg(DISTINCT k.mode, ', '),
+         pg_catalog.string_agg(DISTINCT CASE WHEN k.granted THEN 'holds ' || k.mode
+                                             ELSE 'waits for ' || k.mode END, ', '),
          EXTRACT(epoch FROM pg_catalog.clock_timestamp() - a.xact_start)::float8
     FROM pg_catalog.pg_locks k
     LEFT JOIN pg_catalog.pg_stat_activity a ON a.pid = k.pid
-   WHERE k.locktype = 'relation' AND k.granted AND k.pid <> pg_catalog.pg_backend_pid()
+   WHERE k.locktype = 'relation' AND k.pid <> pg_catalog.pg_backend_pid()
      AND k.relation IN (
        SELECT c.oid FROM pg_catalog.pg_class c
         WHERE c.relnamespace = (SELECT n.oid FROM pg_catalog.pg_namespace n WHERE n.nspname = 'utcp')
