@@ -31,7 +31,7 @@ from projections import CheckpointMoved, ProjectionRunner
 from projections import sql as projection_sql
 from projections.rebuild import PROJECTIONS, rebuild
 from projections.runner import skip_stream
-from projections.status import projection_status
+from projections.status import lease_sessions, projection_status
 
 from . import sql as store_sql
 from .errors import EventStoreError, StorageUnavailable, ValidationError, first_line
@@ -623,6 +623,14 @@ def _already_stopped() -> threading.Event:
     return stop
 
 
+def _lease_holder(store: EventStore, name: str) -> str:
+    """Who holds projection ``name``'s lease: "pid 123, role …, application …"."""
+    holder = lease_sessions(store, name).get("holder")
+    if holder is None:
+        return "pid unknown: it has just let go; try again"
+    return holder.describe()
+
+
 def _project_catch_up(args: argparse.Namespace) -> int:
     _projection_logging(logging.WARNING)
     dsn = _dsn(args)
@@ -632,17 +640,15 @@ def _project_catch_up(args: argparse.Namespace) -> int:
         name = runner.name
         if args.wait:
             if not runner.take_over(args.lock_timeout):
-                pid = projection_status(store, name).active_worker_pid
                 raise EventStoreError(
-                    f"projection {name!r}: a worker is active (pid {pid}) and did not step back "
-                    f"within {args.lock_timeout:g} s",
+                    f"projection {name!r}: a worker is active ({_lease_holder(store, name)}) "
+                    f"and did not step back within {args.lock_timeout:g} s",
                     operation="catch-up",
                 )
         elif not runner.acquire(_already_stopped()):
-            pid = projection_status(store, name).active_worker_pid
             raise EventStoreError(
-                f"projection {name!r}: a worker is active (pid {pid}); it keeps the tables "
-                "up to date (pass --wait to pause it and catch up here)",
+                f"projection {name!r}: a worker is active ({_lease_holder(store, name)}); it "
+                "keeps the tables up to date (pass --wait to pause it and catch up here)",
                 operation="catch-up",
             )
         try:
@@ -679,11 +685,11 @@ def _project_run(args: argparse.Namespace) -> int:
         runner = ProjectionRunner(
             store, dsn, batch_size=args.batch_size, poll_interval=args.poll_interval
         )
-        active = projection_status(store, runner.name).active_worker_pid
+        active = lease_sessions(store, runner.name).get("holder")
         if active is not None:
             print(
                 f"eventstore: projection {runner.name}: standby, a worker is active "
-                f"(pid {active}); taking over when it stops",
+                f"({active.describe()}); taking over when it stops",
                 file=err,
                 flush=True,
             )
@@ -752,10 +758,14 @@ def _project_skip(args: argparse.Namespace) -> int:
             actor=args.actor,
             occurred_at=dt.datetime.now(dt.UTC),
         )
+        # The key names the recording role: a decision only counts when an
+        # operator records it, so another role's earlier (ignored) decision
+        # for this event must not stand in for it as a "duplicate".
+        (role,) = store.query("skip", "SELECT session_user::text", ())[0]
         store.append(
             skip_stream(name),
             [NewEvent(ProjectionEventSkipped.EVENT_TYPE, decision)],
-            idempotency_key=f"skip:{name}:{event_id}",
+            idempotency_key=f"skip:{name}:{event_id}:{role}",
         )
         stopped_at = projection_status(store, name).last_error_event
     print(f"recorded: projection {name!r} passes over event {event_id} ({what})")

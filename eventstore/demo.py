@@ -17,7 +17,7 @@ adapter, catch the trading projection up, and show the portfolios.
    same session id always gives the same events with the same ids, so the
    adapter's idempotency keys make a re-run record nothing new.
 2. **Project.** :class:`projections.ProjectionRunner` takes the trading
-   projection's lock (if another worker holds it, the demo waits as a
+   projection's lease (if another worker holds it, the demo waits as a
    standby for ``--standby-timeout`` seconds, then gives up with an error)
    and catches up with the whole log, with a progress display on stderr.
 3. **Show.** The portfolios and positions as projected (``get_portfolio``,
@@ -54,7 +54,6 @@ import psycopg
 
 from projections import ProjectionError, ProjectionRunner
 from projections.rules import cash_effect
-from projections.runner import LOCK_CLASS
 from projections.sql import READ_CHECKPOINT
 
 from .adapter import Portfolio, Position, StorageAdapter
@@ -648,22 +647,18 @@ def record(
 
 # -- projecting -----------------------------------------------------------------
 
-LOCK_HOLDER: Final = """
-SELECT pid FROM pg_locks
- WHERE locktype = 'advisory' AND granted AND objsubid = 2
-   AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
-   AND classid = %s::bigint::oid
-   AND objid = (hashtext(%s)::bigint & 4294967295)::oid
- LIMIT 1"""
-
 
 def _lock_holder(runner: ProjectionRunner) -> str:
+    """The live holder of the projection's lease, as " (backend pid N, role …)"."""
     try:
-        with psycopg.connect(runner.dsn, autocommit=True) as conn:
-            row = conn.execute(LOCK_HOLDER, (LOCK_CLASS, runner.name)).fetchone()
+        holders = runner.holders()
     except psycopg.Error:
         return ""
-    return f" (backend pid {row[0]})" if row else ""
+    holder = next((h for h in holders if h.role == "holder"), None)
+    if holder is None:
+        return ""
+    rest = holder.describe().removeprefix(f"pid {holder.pid}")
+    return f" (backend pid {holder.pid}{rest})"
 
 
 def _become_active(runner: ProjectionRunner, timeout: float, say: Callable[[str], None]) -> None:

@@ -1,29 +1,37 @@
 """Rebuild a projection from the start of the log, without downtime.
 
 1. Shadow tables (``utcp.trades__rebuild``, …, created ``LIKE`` the live
-   ones) are filled from the start of the log by a runner with its own
-   checkpoint row (``<name>__rebuild``) and its own lock, while the live
+   ones by ``utcp.rebuild_prepare``, owned by the schema's owner and
+   granted like the live ones) are filled from the start of the log by a
+   runner with its own checkpoint row (``<name>__rebuild``) and its own
+   lease, while the live
    worker keeps running and readers keep reading the live tables. It
    chases the head in at most CHASE_PASSES passes, each ending at the head
    as it was when the pass began, so busy writers cannot keep it going.
-2. The rebuild then queues for the live projection's lock: the live
-   worker steps back as a standby after its current batch
+2. The rebuild then asks for the live projection's lease: the live
+   worker hands it over after its current batch and waits as a standby
    (:meth:`ProjectionRunner.take_over`). Waiting is bounded by
    ``lock_timeout``.
 3. Holding it, whichever of the two is behind is brought to the other's
    checkpoint, and the tables are compared row by row, every column, at
    that one checkpoint. Every differing row is reported: a difference
    means a bug, a changed rule, or a live table someone edited.
-4. Unless ``dry_run``: one transaction renames the live tables away, the
-   shadow tables in, copies the rebuild's checkpoint into the live row,
-   drops the old tables and gives the new indexes (and the constraints
-   they back) the canonical names of ``sqitch/deploy/projections.sql``.
+4. Unless ``dry_run``: one transaction (``utcp.rebuild_swap``) renames
+   the live tables away, the shadow tables in, copies the rebuild's
+   checkpoint into the live row, drops the old tables and gives the new
+   indexes (and the constraints they back) the canonical names of
+   ``sqitch/deploy/projections.sql``.
    A reader sees either the old tables or the new ones (it may wait for
    the swap's lock for a moment), never an empty or half-built table.
    The swap happens even when rows differ: the rebuild applies the
    current rules to the whole log, so it is the truth; the differences
    are reported so an operator can see what changed.
-5. The lock goes back; the live worker resumes from the same checkpoint.
+5. The lease goes back; the live worker resumes from the same checkpoint.
+
+The projector creates and owns nothing in schema utcp: every DDL step is a
+SECURITY DEFINER function of the schema's owner, on the fixed table set.
+Each waits for other sessions' table locks in short tries (SWAP_LOCK_TIMEOUT)
+for at most SWAP_WAIT, then fails naming the sessions that hold them.
 
 On any failure (and after a dry run) the shadow tables and the rebuild's
 checkpoint row are removed; the live tables are untouched.
@@ -35,7 +43,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 import msgspec
 import psycopg
@@ -46,9 +54,9 @@ from eventstore import EventStore, EventStoreError, StoredEvent
 
 from . import sql
 from .errors import ProjectionError
-from .runner import LOCK_CLASS, ProjectionRunner, checkpoint_order
-from .sql import LIVE, SCHEMA, Tables, shadow_tables
-from .status import rebuild_checkpoint_name
+from .runner import ProjectionRunner, checkpoint_order
+from .sql import LIVE, Tables, shadow_tables
+from .status import lease_sessions, rebuild_checkpoint_name
 from .trading import TradingProjection
 
 __all__ = [
@@ -78,7 +86,10 @@ SWAP_WAIT: Final = 30.0
 #: not, the sync catches up under the lock and the pause is longer, but the
 #: rebuild still ends.
 CHASE_PASSES: Final = 3
-OLD_SUFFIX: Final = "__old"
+#: The shadow tables' suffix (utcp.trades__rebuild, …).
+SHADOW_SUFFIX: Final = "rebuild"
+
+T = TypeVar("T")
 
 #: ``progress(phase, done, total)``: phase "rebuild" (events read so far, of
 #: about ``total``), "pause", "sync" (events read so far), "compare", "swap".
@@ -148,7 +159,7 @@ def rebuild(
             operation="rebuild",
         )
     started = time.monotonic()
-    shadow = shadow_tables()
+    shadow = shadow_tables(SHADOW_SUFFIX)
     say: RebuildProgress = progress if progress is not None else _quiet
     builder = ProjectionRunner(
         store,
@@ -164,13 +175,13 @@ def rebuild(
     )
     if not builder.acquire(_once()):
         raise RebuildError(
-            f"projection {name!r}: another rebuild is running (pid {_holder(store, builder.name)})",
+            f"projection {name!r}: another rebuild is running ({_holder(store, builder.name)})",
             operation="rebuild",
         )
     swapped = False
     paused_at: float | None = None
     try:
-        _prepare(builder.connection, shadow, builder.name)
+        _prepare(builder.connection, name, builder.name)
         row = builder.connection.execute(sql.STATUS_LAG, ("0", 0)).fetchone()
         total = int(row[0]) if row else 0
         done = 0
@@ -196,7 +207,7 @@ def rebuild(
         say("pause", 0, 0)
         if not live.take_over(lock_timeout):
             raise RebuildError(
-                f"projection {name!r}: the live worker (pid {_holder(store, name)}) did not "
+                f"projection {name!r}: the live worker ({_holder(store, name)}) did not "
                 f"pause within {lock_timeout} s; nothing was swapped (a `project run` worker "
                 "steps back between batches, a `project catch-up` only when it is done: "
                 "try again, or pass a longer --lock-timeout)",
@@ -227,13 +238,13 @@ def rebuild(
 
         if not dry_run:
             say("swap", 0, 0)
-            _swap(live.connection, shadow, name, builder.name)
+            _swap(live.connection, name, builder.name)
             swapped = True
     finally:
         paused = 0.0 if paused_at is None else time.monotonic() - paused_at
         live.release()
         if not swapped:
-            _cleanup(builder, shadow)
+            _cleanup(builder, name)
         builder.release()
     return RebuildReport(
         name=name,
@@ -261,33 +272,71 @@ def _quiet(phase: str, done: int, total: int) -> None:
 
 
 def _holder(store: EventStore, name: str) -> str:
-    rows = store.query(
-        "rebuild", sql.STATUS_LOCKS, {"class": LOCK_CLASS, "name": name, "rebuild": name}
-    )
-    pid = rows[0][0] if rows else None
-    return "unknown" if pid is None else str(pid)
+    """The session holding lease ``name`` ("pid 123, role …"), for messages."""
+    holder = lease_sessions(store, name).get("holder")
+    return "pid unknown: it is gone" if holder is None else holder.describe()
 
 
-def _ident(table: str) -> pgsql.Identifier:
-    return pgsql.Identifier(SCHEMA, table)
+def _blockers(conn: psycopg.Connection[Any]) -> str:
+    """The sessions holding locks on the live or shadow tables: whom a DDL
+    step of the rebuild waited for (pid, role, application, state, how long)."""
+    try:
+        rows = conn.execute(sql.TABLE_LOCKERS, (SHADOW_SUFFIX,)).fetchall()
+    except psycopg.Error as exc:
+        return f"the sessions holding them could not be listed: {exc}"
+    if not rows:
+        return "no session holds a lock on them now"
+    sessions = []
+    for pid, role, application, state, modes, seconds in rows:
+        since = "" if seconds is None else f", transaction open {seconds:.1f} s"
+        state_text = state or "state unknown"
+        sessions.append(
+            f"pid {pid} (role {role}, application {application or '-'!r}, {state_text}"
+            f"{since}; {modes})"
+        )
+    return "blocked by " + "; ".join(sessions)
 
 
-def _prepare(conn: psycopg.Connection[Any], shadow: Tables, checkpoint_name: str) -> None:
-    """Fresh, empty shadow tables shaped, owned and granted like the live
-    ones, and the rebuild's checkpoint at the start of the log."""
-    with conn.transaction():
-        for live, table in zip(LIVE.names(), shadow.names(), strict=True):
-            conn.execute(pgsql.SQL("DROP TABLE IF EXISTS {}").format(_ident(table)))
-            conn.execute(
-                pgsql.SQL("CREATE TABLE {} (LIKE {} INCLUDING ALL)").format(
-                    _ident(table), _ident(live)
+def _bounded(conn: psycopg.Connection[Any], name: str, what: str, step: Callable[[], T]) -> T:
+    """Run DDL ``step`` in one transaction whose table locks wait at most
+    SWAP_LOCK_TIMEOUT per try (while it waits, its queued lock holds new
+    readers back too, so a try is short); tries again, letting readers
+    through in between, for up to SWAP_WAIT; then fails naming the
+    sessions that hold the tables."""
+    deadline = time.monotonic() + SWAP_WAIT
+    tries = 0
+    while True:
+        tries += 1
+        try:
+            with conn.transaction():
+                conn.execute(
+                    "SELECT set_config('lock_timeout', %s, true)",
+                    (f"{round(SWAP_LOCK_TIMEOUT * 1000)}ms",),
                 )
-            )
-            conn.execute(pgsql.SQL("ALTER TABLE {} OWNER TO utcp_projector").format(_ident(table)))
-            conn.execute(
-                pgsql.SQL("GRANT SELECT ON {} TO utcp_reader, utcp_writer").format(_ident(table))
-            )
+                return step()
+        except psycopg.errors.LockNotAvailable as exc:
+            if time.monotonic() >= deadline:
+                raise RebuildError(
+                    f"projection {name!r}: {what} could not lock the tables within "
+                    f"{SWAP_WAIT:g} s ({tries} tries): {_blockers(conn)}; nothing was swapped",
+                    operation="rebuild",
+                    sqlstate=exc.sqlstate,
+                ) from exc
+            if tries % 20 == 0:
+                log.warning("projection %s: %s is still waiting: %s", name, what, _blockers(conn))
+            time.sleep(min(0.5, 0.02 * tries))  # readers get through in between
+
+
+def _prepare(conn: psycopg.Connection[Any], name: str, checkpoint_name: str) -> None:
+    """Fresh, empty shadow tables shaped, owned and granted like the live
+    ones (utcp.rebuild_prepare), and the rebuild's checkpoint at the start
+    of the log."""
+
+    def step() -> None:
+        conn.execute(sql.PREPARE_SHADOW, (SHADOW_SUFFIX,))
         conn.execute(sql.RESET_CHECKPOINT, (checkpoint_name,))
+
+    _bounded(conn, name, "preparing the shadow tables", step)
 
 
 def _compare(conn: psycopg.Connection[Any], shadow: Tables) -> list[RowDifference]:
@@ -329,103 +378,40 @@ def _count(conn: psycopg.Connection[Any], tables: Tables) -> dict[str, int]:
     return counts
 
 
-def _shape(indexdef: str) -> str:
-    """An index definition without its name and table: what it indexes."""
-    head, _, tail = indexdef.partition(" USING ")
-    return f"{head.startswith('CREATE UNIQUE')}:{tail}"
+def _swap(conn: psycopg.Connection[Any], name: str, checkpoint_name: str) -> None:
+    """One transaction (utcp.rebuild_swap): live → old, shadow → live,
+    checkpoint copied, old dropped, indexes renamed to the canonical names.
+    Each try waits at most SWAP_LOCK_TIMEOUT for readers' locks (a reader
+    queues behind it no longer than that); tries go on for SWAP_WAIT."""
+
+    def step() -> None:
+        conn.execute(sql.SWAP_SHADOW, (SHADOW_SUFFIX, name, checkpoint_name))
+
+    _bounded(conn, name, "the swap", step)
 
 
-def _index_renames(conn: psycopg.Connection[Any], live: str, shadow: str) -> list[tuple[str, str]]:
-    """(shadow index, live index name) pairs, matched by what they index."""
-    names: dict[str, list[str]] = {}
-    for index, definition in conn.execute(sql.TABLE_INDEXES, (f"{SCHEMA}.{live}",)).fetchall():
-        names.setdefault(_shape(definition), []).append(index)
-    renames: list[tuple[str, str]] = []
-    for index, definition in conn.execute(sql.TABLE_INDEXES, (f"{SCHEMA}.{shadow}",)).fetchall():
-        canonical = names.get(_shape(definition))
-        if canonical and canonical[0] != index:
-            renames.append((index, canonical.pop(0)))
-    return renames
-
-
-def _swap(conn: psycopg.Connection[Any], shadow: Tables, name: str, checkpoint_name: str) -> None:
-    """One transaction: live → old, shadow → live, checkpoint copied, old
-    dropped, indexes renamed to the canonical names. Each try waits at most
-    SWAP_LOCK_TIMEOUT for readers' locks (a reader queues behind it no
-    longer than that); tries go on for SWAP_WAIT."""
-    all_tables = pgsql.SQL(", ").join(_ident(t) for t in (*LIVE.names(), *shadow.names()))
-    deadline = time.monotonic() + SWAP_WAIT
-    tries = 0
-    while True:
-        tries += 1
-        try:
-            with conn.transaction():
-                conn.execute(
-                    "SELECT set_config('lock_timeout', %s, true)",
-                    (f"{round(SWAP_LOCK_TIMEOUT * 1000)}ms",),
-                )
-                conn.execute(pgsql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(all_tables))
-                renames = [
-                    pair
-                    for live, table in zip(LIVE.names(), shadow.names(), strict=True)
-                    for pair in _index_renames(conn, live, table)
-                ]
-                for live, table in zip(LIVE.names(), shadow.names(), strict=True):
-                    conn.execute(
-                        pgsql.SQL("ALTER TABLE {} RENAME TO {}").format(
-                            _ident(live), pgsql.Identifier(live + OLD_SUFFIX)
-                        )
-                    )
-                    conn.execute(
-                        pgsql.SQL("ALTER TABLE {} RENAME TO {}").format(
-                            _ident(table), pgsql.Identifier(live)
-                        )
-                    )
-                conn.execute(sql.COPY_CHECKPOINT, (name, checkpoint_name))
-                for live in LIVE.names():
-                    conn.execute(pgsql.SQL("DROP TABLE {}").format(_ident(live + OLD_SUFFIX)))
-                for index, canonical in renames:
-                    conn.execute(
-                        pgsql.SQL("ALTER INDEX {} RENAME TO {}").format(
-                            _ident(index), pgsql.Identifier(canonical)
-                        )
-                    )
-                conn.execute(sql.DELETE_CHECKPOINT, (checkpoint_name,))
-            return
-        except psycopg.errors.LockNotAvailable as exc:
-            if time.monotonic() >= deadline:
-                raise RebuildError(
-                    f"projection {name!r}: the swap could not lock the tables within "
-                    f"{SWAP_WAIT:g} s ({tries} tries; long-running readers?); nothing was swapped",
-                    operation="rebuild",
-                ) from exc
-            if tries % 20 == 0:
-                log.warning("projection %s: the swap is still waiting for readers", name)
-            time.sleep(min(0.5, 0.02 * tries))  # readers get through in between
-
-
-def _cleanup(builder: ProjectionRunner, shadow: Tables) -> None:
+def _cleanup(builder: ProjectionRunner, name: str) -> None:
     """Drop the shadow tables and the rebuild's checkpoint row (after a
-    failure or a dry run), on the lock-holding connection, or on a new one
-    that takes the rebuild lock if that connection is gone."""
+    failure or a dry run), on the lease-holding connection, or on a new one
+    that takes the rebuild's lease if that connection is gone."""
 
     def clean(conn: psycopg.Connection[Any]) -> None:
-        with conn.transaction():
-            for table in shadow.names():
-                conn.execute(pgsql.SQL("DROP TABLE IF EXISTS {}").format(_ident(table)))
+        def step() -> None:
+            conn.execute(sql.DISCARD_SHADOW, (SHADOW_SUFFIX,))
             conn.execute(sql.DELETE_CHECKPOINT, (builder.name,))
+
+        _bounded(conn, name, "removing the shadow tables", step)
 
     try:
         clean(builder.connection)
         return
-    except (psycopg.Error, RuntimeError) as exc:
+    except (psycopg.Error, RuntimeError, RebuildError) as exc:
         log.warning("rebuild cleanup on the rebuild connection failed: %s", exc)
+    builder.release()
     try:
-        with psycopg.connect(builder.dsn, autocommit=True) as conn:
-            row = conn.execute(sql.TRY_LOCK, (LOCK_CLASS, builder.name)).fetchone()
-            if row is not None and row[0]:
-                clean(conn)
-    except psycopg.Error as exc:
+        if builder.acquire(_once()):
+            clean(builder.connection)
+    except (psycopg.Error, RebuildError) as exc:
         log.warning(
             "could not remove the rebuild's shadow tables (%s): the next rebuild replaces them",
             exc,

@@ -1,33 +1,46 @@
 """The projection worker: reads the log after its checkpoint, in batches,
 and commits each batch's table writes and the new checkpoint together.
 
-* Exactly one active worker per projection: a session-level advisory lock,
-  held on the worker's own connection, which also does every write. A
-  second worker waits as a standby and takes over when the first one's
-  session ends (crash, kill, network loss). The checkpoint update is fenced
-  as well: it only moves from the checkpoint this worker read.
-* A rebuild pauses the active worker: it queues for the lock
-  (:meth:`ProjectionRunner.take_over`, a blocking ``pg_advisory_lock``);
-  :meth:`ProjectionRunner.run` sees a queued session between batches and
-  while idle, lets the lock go and waits as a standby until it is free.
+* Exactly one active worker per projection: a lease, one row of
+  ``utcp.projection_leases`` that only ``utcp_projector`` can write (no
+  advisory lock with a well-known key, which any role could take and hold).
+  A worker takes a session-level advisory lock on a random nonce of its
+  own, on its own connection (which also does every write), and claims the
+  row for its pid, nonce and backend start. The holder is alive while its
+  session holds that nonce's lock (``utcp.projection_session_alive``, from
+  pg_locks and pg_stat_activity: no other session can fake it for the
+  holder's pid, even one given that pid again), so when its session
+  ends (crash, kill, network loss) the lease is free at once and a standby
+  (polling) takes it over. The checkpoint update is fenced: it only moves
+  from the checkpoint this worker read, and only while the lease is still
+  this session's.
+* A rebuild pauses the active worker: it writes itself into the lease as
+  the requester (:meth:`ProjectionRunner.take_over`, polling up to its
+  timeout); :meth:`ProjectionRunner.run` sees a live requester between
+  batches and while idle, hands the lease over and waits as a standby.
+  A standby never claims the lease while a live requester is queued.
 * Wakes on LISTEN/NOTIFY (the store pokes the channel after appends) and
   polls anyway, so a lost notification only costs latency.
 * Stops after the current batch when asked (SIGTERM in the CLI); while
   idle, within WAKE_SLICE seconds whatever the poll interval.
 * An event it cannot apply stops the projection with a ProjectionError;
   the checkpoint stays just before that event, and the error is recorded
-  for ``eventstore project status``.
+  for ``eventstore project status``. An operator's decision to pass over
+  it (``eventstore project skip``, by a member of utcp_operator) is
+  honoured; any number of them in one batch.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
+import secrets
 import threading
 import time
-import uuid
 from collections.abc import Callable
 from typing import Any, Final
 
+import msgspec
 import psycopg
 
 from eventstore import EventStore, StoredEvent
@@ -39,7 +52,7 @@ from .sql import LIVE, Tables
 from .trading import TradingProjection
 
 __all__ = [
-    "LOCK_CLASS",
+    "LeaseHolder",
     "ProjectionRunner",
     "checkpoint_order",
     "parse_checkpoint",
@@ -50,8 +63,6 @@ SKIP_EVENT_TYPE: Final = ProjectionEventSkipped.EVENT_TYPE
 
 log = logging.getLogger("projections")
 
-#: First key of the projections' advisory locks (the second: hashtext(name)).
-LOCK_CLASS: Final = 0x55544350 & 0x7FFFFFFF  # "UTCP"
 DEFAULT_BATCH: Final = 500
 #: While idle, the worker looks at ``stop`` and for a queued rebuild this often.
 WAKE_SLICE: Final = 0.5
@@ -67,6 +78,38 @@ def parse_checkpoint(checkpoint: str) -> tuple[str, int]:
 def skip_stream(projection: str) -> str:
     """The stream of a projection's skip decisions."""
     return f"projection-{projection}"
+
+
+class LeaseHolder(msgspec.Struct, frozen=True):
+    """A live session holding (``role`` "holder") or queued for ("requester")
+    a projection's lease, as pg_stat_activity shows it."""
+
+    role: str
+    pid: int
+    usename: str | None
+    application_name: str | None
+    state: str | None
+    since: dt.datetime | None
+
+    def describe(self) -> str:
+        """As "pid 123, role app, application 'x', idle, holding it for 4.2 s"."""
+        parts = [f"pid {self.pid}"]
+        if self.usename:
+            parts.append(f"role {self.usename}")
+        if self.application_name:
+            parts.append(f"application {self.application_name!r}")
+        if self.state:
+            parts.append(self.state)
+        if self.since is not None:
+            seconds = max(0.0, (dt.datetime.now(dt.UTC) - self.since).total_seconds())
+            parts.append(f"holding it for {seconds:.1f} s")
+        return ", ".join(parts)
+
+
+def lease_holders(conn: psycopg.Connection[Any], name: str) -> list[LeaseHolder]:
+    """The live holder and requester of projection ``name``'s lease."""
+    rows = conn.execute(sql.LEASE_HOLDERS, (name,)).fetchall()
+    return [LeaseHolder(*row) for row in rows]
 
 
 def checkpoint_order(checkpoint: str) -> tuple[int, int]:
@@ -103,8 +146,9 @@ class ProjectionRunner:
         self.poll_interval = poll_interval
         self.channel = channel if channel is not None else store.settings.notify_channel
         self._conn: psycopg.Connection[Any] | None = None
+        self._nonce = 0
 
-    # -- the lock ------------------------------------------------------------
+    # -- the lease -----------------------------------------------------------
 
     def _connect(self) -> psycopg.Connection[Any]:
         return psycopg.connect(
@@ -113,16 +157,34 @@ class ProjectionRunner:
             application_name=f"eventstore-projection-{self.name}",
         )
 
-    def acquire(self, stop: threading.Event | None = None, *, standby: float = 0.5) -> bool:
-        """Become the active worker: take the lock, waiting as a standby
-        (polling every ``standby`` s) until it is free or ``stop`` is set."""
+    def _session(self) -> tuple[psycopg.Connection[Any], int]:
+        """A new connection holding the advisory lock on a random nonce of
+        its own (its liveness), with the checkpoint and lease rows in place."""
         conn = self._connect()
         try:
             conn.execute(sql.ENSURE_CHECKPOINT, (self.name,))
+            conn.execute(sql.ENSURE_LEASE, (self.name,))
             while True:
-                row = conn.execute(sql.TRY_LOCK, (LOCK_CLASS, self.name)).fetchone()
+                nonce = secrets.randbits(62) + 1
+                row = conn.execute(sql.TAKE_NONCE, (nonce,)).fetchone()
                 if row is not None and row[0]:
-                    self._conn = conn
+                    return conn, nonce
+        except BaseException:
+            conn.close()
+            raise
+
+    def _params(self) -> dict[str, Any]:
+        return {"name": self.name, "nonce": self._nonce}
+
+    def acquire(self, stop: threading.Event | None = None, *, standby: float = 0.5) -> bool:
+        """Become the active worker: claim the lease, waiting as a standby
+        (polling every ``standby`` s) until it is free or ``stop`` is set."""
+        conn, nonce = self._session()
+        params = {"name": self.name, "nonce": nonce}
+        try:
+            while True:
+                if conn.execute(sql.CLAIM_LEASE, params).rowcount == 1:
+                    self._conn, self._nonce = conn, nonce
                     log.info("projection %s: active worker", self.name)
                     return True
                 if stop is not None and stop.wait(standby):
@@ -134,44 +196,66 @@ class ProjectionRunner:
             conn.close()
             raise
 
-    def take_over(self, timeout: float | None = None) -> bool:
-        """Queue for the lock (a blocking ``pg_advisory_lock``) for up to
-        ``timeout`` seconds (None: no limit); False on timeout. An active
-        :meth:`run` worker sees the queued session between batches and
-        steps back as a standby; the lock then goes to this session, not to
-        another standby (a waiting request is served first)."""
-        conn = self._connect()
+    def take_over(self, timeout: float | None = None, *, poll: float = 0.1) -> bool:
+        """Ask the active worker to hand the lease over, and wait for it (or
+        for the holder to go away) for up to ``timeout`` seconds (None: no
+        limit); False on timeout. An active :meth:`run` worker sees the
+        request between batches and hands over; standbys do not jump this
+        queue. Another live request queued first is served first."""
+        conn, nonce = self._session()
+        params = {"name": self.name, "nonce": nonce}
+        deadline = None if timeout is None else time.monotonic() + timeout
         try:
-            conn.execute(sql.ENSURE_CHECKPOINT, (self.name,))
-            millis = 0 if timeout is None else max(1, round(timeout * 1000))
-            conn.execute("SELECT set_config('lock_timeout', %s, false)", (f"{millis}ms",))
-            conn.execute(sql.TAKE_LOCK, (LOCK_CLASS, self.name))
-            conn.execute("RESET lock_timeout")
-        except psycopg.errors.LockNotAvailable:
-            conn.close()
-            return False
+            while True:
+                row = conn.execute(sql.HOLDS_LEASE, params).fetchone()
+                if row is not None and row[0]:  # handed over, or claimed
+                    conn.execute(sql.WITHDRAW_REQUEST, params)
+                    self._conn, self._nonce = conn, nonce
+                    log.info("projection %s: took over the lease", self.name)
+                    return True
+                if conn.execute(sql.REQUEST_LEASE, params).rowcount == 1:
+                    # Queued (first): the lease is ours as soon as the holder
+                    # hands it over, or at once if there is none.
+                    conn.execute(sql.CLAIM_LEASE, params)
+                    continue_now = conn.execute(sql.HOLDS_LEASE, params).fetchone()
+                    if continue_now is not None and continue_now[0]:
+                        continue
+                if deadline is not None and time.monotonic() >= deadline:
+                    conn.close()  # the request dies with the session
+                    return False
+                time.sleep(poll)
         except BaseException:
             conn.close()
             raise
-        self._conn = conn
-        log.info("projection %s: took over the lock", self.name)
-        return True
 
-    def lock_sessions(self) -> list[tuple[int, bool]]:
-        """(backend pid, granted) of the sessions holding or queued for the lock."""
-        rows = self.connection.execute(
-            sql.LOCK_SESSIONS, {"class": LOCK_CLASS, "name": self.name}
-        ).fetchall()
-        return [(int(pid), bool(granted)) for pid, granted in rows]
+    def holders(self) -> list[LeaseHolder]:
+        """The live holder and requester of this projection's lease."""
+        with self._connect() as conn:
+            return lease_holders(conn, self.name)
 
     def pause_requested(self) -> bool:
-        """Another session is queued for this lock (a rebuild taking over)."""
-        return any(not granted for _, granted in self.lock_sessions())
+        """Another live session asks to take over (a rebuild)."""
+        row = self.connection.execute(sql.PAUSE_REQUESTED, self._params()).fetchone()
+        return bool(row is not None and row[0])
+
+    def hand_over(self) -> bool:
+        """Give the lease to the live session that asked for it, and let go."""
+        moved = self.connection.execute(sql.HAND_OVER, self._params()).rowcount == 1
+        self.release()
+        return moved
 
     def release(self) -> None:
+        """Let go of the lease and end the session (its nonce lock goes with it,
+        so the lease is free even if clearing the row failed)."""
         if self._conn is not None:
-            self._conn.close()  # ends the session: the lock goes with it
-            self._conn = None
+            conn, self._conn = self._conn, None
+            try:
+                if not conn.closed and not conn.broken:
+                    conn.execute(sql.RELEASE_LEASE, {"name": self.name, "nonce": self._nonce})
+            except psycopg.Error as exc:
+                log.debug("projection %s: clearing the lease failed: %s", self.name, exc)
+            finally:
+                conn.close()
 
     def __enter__(self) -> ProjectionRunner:
         return self
@@ -231,73 +315,100 @@ class ProjectionRunner:
         return done
 
     def _apply(
-        self,
-        conn: psycopg.Connection[Any],
-        checkpoint: str,
-        events: list[StoredEvent],
-        skipped: frozenset[uuid.UUID] = frozenset(),
+        self, conn: psycopg.Connection[Any], checkpoint: str, events: list[StoredEvent]
     ) -> str:
-        """Apply ``events`` (but the ``skipped`` ones) and move the checkpoint
-        past the last of them, in one transaction."""
+        """Apply ``events`` and move the checkpoint past the last of them, in
+        one transaction. An event the rules refuse is passed over when an
+        operator decided so (any number of them, iteratively: each refusal
+        rolls back to a savepoint, the events before it are applied, and
+        the rest goes on after it); otherwise the events before it are
+        committed, the error recorded, and the ProjectionError raised."""
         from_tx, from_pos = parse_checkpoint(checkpoint)
-        last = events[-1]
-        to_tx, to_pos = parse_checkpoint(last.checkpoint)
-        try:
-            with conn.transaction():
-                applied = [e for e in events if e.event_id not in skipped] if skipped else events
-                self.projection.apply(conn, applied, self.tables)
+        error: ProjectionError | None = None
+        decisions: dict[str, tuple[str, str]] | None = None
+        done = 0  # events[:done] are applied (or passed over) in this transaction
+        # After a refusal, the rest goes in growing steps (1, 2, 4, …), so a
+        # run of refused events costs one short try each, not the whole rest.
+        step: int | None = None
+        with conn.transaction():
+            limit = end = len(events)
+            while done < limit:
+                try:
+                    with conn.transaction():  # a savepoint
+                        self.projection.apply(conn, events[done:end], self.tables)
+                    done = end
+                    if step is not None:
+                        step *= 2
+                    end = limit if step is None else min(limit, done + step)
+                    continue
+                except ProjectionError as exc:
+                    refused = exc.event.event_id
+                    index = next(
+                        (i for i in range(done, end) if events[i].event_id == refused), None
+                    )
+                    if index is None:
+                        raise  # not one of this batch's events: a bug, not a refusal
+                    if index > done:
+                        end = index  # apply the events before it first
+                        continue
+                    if decisions is None:
+                        decisions = self._skip_decisions(conn, events[done:])
+                    decision = decisions.get(str(refused))
+                    if decision is None:
+                        error, limit = exc, done
+                        break
+                    log.warning(
+                        "projection %s: passing over event %s, which it refuses (%s), as %s "
+                        "decided: %s",
+                        self.projection.name,
+                        refused,
+                        exc.reason,
+                        decision[1],
+                        decision[0],
+                    )
+                    done, step = done + 1, 1
+                    end = min(limit, done + step)
+            if done > 0:
+                last = events[done - 1]
+                to_tx, to_pos = parse_checkpoint(last.checkpoint)
                 moved = conn.execute(
                     sql.ADVANCE_CHECKPOINT,
                     {
                         "name": self.name,
                         "tx": to_tx,
                         "pos": to_pos,
-                        "count": len(events),
+                        "count": done,
                         "last_event_at": last.created_at,
                         "from_tx": from_tx,
                         "from_pos": from_pos,
+                        "nonce": self._nonce,
                     },
                 ).rowcount
                 if moved != 1:
                     raise CheckpointMoved(
                         f"projection {self.name!r}: the checkpoint moved away from "
-                        f"{checkpoint}: another worker is active",
+                        f"{checkpoint}, or this session lost the lease: another worker is active",
                         operation="project",
                     )
-        except ProjectionError as exc:
-            # The batch rolled back. An operator may have decided to pass
-            # over this event (eventstore project skip): apply the batch
-            # without it. Otherwise apply the events before it, so the
-            # checkpoint stops just before it, not at the batch start.
-            refused = exc.event.event_id
-            decision = self._skip_decision(conn, exc.event)
-            if decision is not None and refused not in skipped:
-                log.warning(
-                    "projection %s: passing over event %s, which it refuses (%s), as %s "
-                    "decided: %s",
-                    self.projection.name,
-                    refused,
-                    exc.reason,
-                    decision[1],
-                    decision[0],
-                )
-                return self._apply(conn, checkpoint, events, skipped | {refused})
-            index = next((i for i, e in enumerate(events) if e.event_id == refused), 0)
-            if index > 0:
-                self._apply(conn, checkpoint, events[:index], skipped)
-            conn.execute(sql.RECORD_ERROR, (str(exc), exc.event.event_id, self.name))
-            raise  # the caller reports it (once); status shows it from the table
-        return last.checkpoint
+        if error is not None:
+            conn.execute(sql.RECORD_ERROR, (str(error), error.event.event_id, self.name))
+            raise error  # the caller reports it (once); status shows it from the table
+        return events[-1].checkpoint
 
-    def _skip_decision(
-        self, conn: psycopg.Connection[Any], event: StoredEvent
-    ) -> tuple[str, str] | None:
-        """(reason, actor) of an operator's decision to pass over ``event``."""
-        row = conn.execute(
-            sql.SKIP_DECISION,
-            (skip_stream(self.projection.name), SKIP_EVENT_TYPE, str(event.event_id)),
-        ).fetchone()
-        return None if row is None else (str(row[0]), str(row[1]))
+    def _skip_decisions(
+        self, conn: psycopg.Connection[Any], events: list[StoredEvent]
+    ) -> dict[str, tuple[str, str]]:
+        """Event id → (reason, actor) of the operators' decisions to pass
+        over any of ``events`` (only those an operator recorded)."""
+        rows = conn.execute(
+            sql.SKIP_DECISIONS,
+            (
+                skip_stream(self.projection.name),
+                SKIP_EVENT_TYPE,
+                [str(e.event_id) for e in events],
+            ),
+        ).fetchall()
+        return {str(row[0]): (str(row[1]), str(row[2])) for row in rows}
 
     def run(self, stop: threading.Event, *, progress: Progress | None = None) -> None:
         """The long-running worker: standby until active, then catch up,
@@ -316,10 +427,10 @@ class ProjectionRunner:
                 if stop.is_set():
                     break
                 if self.pause_requested():
-                    # A rebuild queued for the lock: step back as a standby;
-                    # the queued session gets the lock before any try-lock.
+                    # A rebuild asked for the lease: hand it over and wait
+                    # as a standby (which never claims ahead of a requester).
                     log.info("projection %s: paused for a rebuild (standby)", self.name)
-                    self.release()
+                    self.hand_over()
                     if not self.acquire(stop):
                         break
                     continue

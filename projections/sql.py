@@ -139,8 +139,9 @@ READ_CHECKPOINT: Final = """
 SELECT checkpoint_tx::text || '/' || checkpoint_position::text, events_processed
   FROM utcp.projection_checkpoints WHERE projection = %s"""
 
-# Fenced: only moves from the checkpoint this worker read, so a worker that
-# lost its lock without noticing cannot apply a batch twice.
+# Fenced: only moves from the checkpoint this worker read, and only while
+# this session still holds the projection's lease, so a worker that lost
+# its lease without noticing cannot apply a batch.
 ADVANCE_CHECKPOINT: Final = """
 UPDATE utcp.projection_checkpoints
    SET checkpoint_tx = %(tx)s::xid8, checkpoint_position = %(pos)s,
@@ -148,7 +149,10 @@ UPDATE utcp.projection_checkpoints
        last_event_at = %(last_event_at)s, updated_at = now(),
        last_error = NULL, last_error_at = NULL, last_error_event = NULL
  WHERE projection = %(name)s
-   AND checkpoint_tx = %(from_tx)s::xid8 AND checkpoint_position = %(from_pos)s"""
+   AND checkpoint_tx = %(from_tx)s::xid8 AND checkpoint_position = %(from_pos)s
+   AND EXISTS (SELECT FROM utcp.projection_leases
+                WHERE projection = %(name)s AND holder_pid = pg_backend_pid()
+                  AND holder_nonce = %(nonce)s)"""
 
 RESET_CHECKPOINT: Final = """
 UPDATE utcp.projection_checkpoints
@@ -157,11 +161,28 @@ UPDATE utcp.projection_checkpoints
        last_error = NULL, last_error_at = NULL, last_error_event = NULL
  WHERE projection = %s"""
 
-# An operator's decision to pass over a refused event (eventstore project skip).
+# An operator's decisions to pass over refused events (eventstore project
+# skip), by event id. Honoured only when the role that recorded it is, now,
+# a superuser or a member of utcp_operator; a role dropped since, and a
+# decision recorded before roles were recorded (recorded_by NULL), are not
+# (docs/runbook.md: "Skip decisions").
+SKIP_DECISIONS: Final = """
+SELECT DISTINCT ON (e.data ->> 'event_id')
+       e.data ->> 'event_id', e.data ->> 'reason', e.data ->> 'actor', e.recorded_by
+  FROM utcp.stored_events e
+  JOIN pg_catalog.pg_roles r ON r.rolname = e.recorded_by
+ WHERE e.stream_id = %s AND e.type = %s AND e.data ->> 'event_id' = ANY(%s::text[])
+   AND (r.rolsuper OR pg_catalog.pg_has_role(r.oid, 'utcp_operator', 'MEMBER'))
+ ORDER BY e.data ->> 'event_id', e.position"""
+
+# (reason, actor) of the decision for one event, as SKIP_DECISIONS honours it.
 SKIP_DECISION: Final = """
-SELECT data ->> 'reason', data ->> 'actor'
-  FROM utcp.stored_events
- WHERE stream_id = %s AND type = %s AND data ->> 'event_id' = %s
+SELECT e.data ->> 'reason', e.data ->> 'actor'
+  FROM utcp.stored_events e
+  JOIN pg_catalog.pg_roles r ON r.rolname = e.recorded_by
+ WHERE e.stream_id = %s AND e.type = %s AND e.data ->> 'event_id' = %s
+   AND (r.rolsuper OR pg_catalog.pg_has_role(r.oid, 'utcp_operator', 'MEMBER'))
+ ORDER BY e.position
  LIMIT 1"""
 
 RECORD_ERROR: Final = """
@@ -169,19 +190,101 @@ UPDATE utcp.projection_checkpoints
    SET last_error = %s, last_error_at = now(), last_error_event = %s
  WHERE projection = %s"""
 
-# -- locks and status ----------------------------------------------------------
+# -- the lease and status ------------------------------------------------------
 
-# The sessions holding (granted) or queued for (not granted) a projection's
-# lock, pg_advisory_lock(class, hashtext(name)): in pg_locks, classid is the
-# first key, objid the second as an unsigned 32-bit number, objsubid 2.
-LOCK_SESSIONS: Final = """
-SELECT pid, granted FROM pg_locks
- WHERE locktype = 'advisory'
-   AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
-   AND classid = %(class)s::bigint::oid
-   AND objid = (hashtext(%(name)s)::bigint & 4294967295)::oid
-   AND objsubid = 2
- ORDER BY granted DESC, pid"""
+# One active worker per projection: the lease row (utcp.projection_leases,
+# only utcp_projector writes it). A session is alive while it holds the
+# advisory lock on its own random nonce and its backend is the one that
+# started when it claimed (utcp.projection_session_alive): a session that
+# gets a dead holder's pid again cannot pass for it.
+ENSURE_LEASE: Final = """
+INSERT INTO utcp.projection_leases (projection) VALUES (%s)
+ON CONFLICT (projection) DO NOTHING"""
+
+# Liveness of a session: the advisory lock on its nonce (random, 62 bits).
+TAKE_NONCE: Final = "SELECT pg_try_advisory_lock(%s::bigint)"
+
+# Become the holder: only when the holder is gone and no live session but
+# this one has asked to take over (a standby never jumps that queue).
+CLAIM_LEASE: Final = """
+UPDATE utcp.projection_leases
+   SET holder_pid = pg_backend_pid(), holder_nonce = %(nonce)s,
+       holder_started = (SELECT backend_start FROM pg_stat_activity
+                          WHERE pid = pg_backend_pid()),
+       requested_pid = NULL, requested_nonce = NULL, requested_started = NULL,
+       since = clock_timestamp()
+ WHERE projection = %(name)s
+   AND NOT utcp.projection_session_alive(holder_pid, holder_nonce, holder_started)
+   AND (NOT utcp.projection_session_alive(requested_pid, requested_nonce, requested_started)
+        OR (requested_pid = pg_backend_pid() AND requested_nonce = %(nonce)s))"""
+
+# Queue to take over (a rebuild, `catch-up --wait`): when no other live
+# session is queued already.
+REQUEST_LEASE: Final = """
+UPDATE utcp.projection_leases
+   SET requested_pid = pg_backend_pid(), requested_nonce = %(nonce)s,
+       requested_started = (SELECT backend_start FROM pg_stat_activity
+                             WHERE pid = pg_backend_pid())
+ WHERE projection = %(name)s
+   AND ((requested_pid = pg_backend_pid() AND requested_nonce = %(nonce)s)
+        OR NOT utcp.projection_session_alive(requested_pid, requested_nonce,
+                                             requested_started))"""
+
+WITHDRAW_REQUEST: Final = """
+UPDATE utcp.projection_leases
+   SET requested_pid = NULL, requested_nonce = NULL, requested_started = NULL
+ WHERE projection = %(name)s AND requested_pid = pg_backend_pid()
+   AND requested_nonce = %(nonce)s"""
+
+HOLDS_LEASE: Final = """
+SELECT EXISTS (SELECT FROM utcp.projection_leases
+                WHERE projection = %(name)s AND holder_pid = pg_backend_pid()
+                  AND holder_nonce = %(nonce)s)"""
+
+# A live session other than this one is queued to take over.
+PAUSE_REQUESTED: Final = """
+SELECT EXISTS (SELECT FROM utcp.projection_leases
+                WHERE projection = %(name)s AND requested_pid <> pg_backend_pid()
+                  AND utcp.projection_session_alive(requested_pid, requested_nonce,
+                                                    requested_started))"""
+
+# The holder hands the lease to the live session queued for it.
+HAND_OVER: Final = """
+UPDATE utcp.projection_leases
+   SET holder_pid = requested_pid, holder_nonce = requested_nonce,
+       holder_started = requested_started,
+       requested_pid = NULL, requested_nonce = NULL, requested_started = NULL,
+       since = clock_timestamp()
+ WHERE projection = %(name)s AND holder_pid = pg_backend_pid() AND holder_nonce = %(nonce)s
+   AND requested_pid <> pg_backend_pid()
+   AND utcp.projection_session_alive(requested_pid, requested_nonce, requested_started)"""
+
+# Let go of the lease, and of a request to take it over.
+RELEASE_LEASE: Final = """
+UPDATE utcp.projection_leases
+   SET holder_pid = CASE WHEN holder_pid = pg_backend_pid() AND holder_nonce = %(nonce)s
+                         THEN NULL ELSE holder_pid END,
+       holder_nonce = CASE WHEN holder_pid = pg_backend_pid() AND holder_nonce = %(nonce)s
+                           THEN NULL ELSE holder_nonce END,
+       requested_pid = CASE WHEN requested_pid = pg_backend_pid() AND requested_nonce = %(nonce)s
+                            THEN NULL ELSE requested_pid END,
+       requested_nonce = CASE WHEN requested_pid = pg_backend_pid()
+                               AND requested_nonce = %(nonce)s
+                              THEN NULL ELSE requested_nonce END,
+       holder_started = CASE WHEN holder_pid = pg_backend_pid() AND holder_nonce = %(nonce)s
+                             THEN NULL ELSE holder_started END,
+       requested_started = CASE WHEN requested_pid = pg_backend_pid()
+                                 AND requested_nonce = %(nonce)s
+                                THEN NULL ELSE requested_started END
+ WHERE projection = %(name)s
+   AND ((holder_pid = pg_backend_pid() AND holder_nonce = %(nonce)s)
+        OR (requested_pid = pg_backend_pid() AND requested_nonce = %(nonce)s))"""
+
+# The live holder and requester of a lease ("holder"/"requester", pid,
+# role, application, state, since), for status and messages.
+LEASE_HOLDERS: Final = """
+SELECT role, pid, usename, application_name, state, since
+  FROM utcp.projection_lease_holders(%s::text)"""
 
 STATUS_CHECKPOINT: Final = """
 SELECT checkpoint_tx::text || '/' || checkpoint_position::text, events_processed,
@@ -201,46 +304,21 @@ SELECT count(*) FILTER (WHERE e.tx_id < h.xmin),
   FROM utcp.stored_events e, (SELECT pg_snapshot_xmin(pg_current_snapshot()) AS xmin) h
  WHERE (e.tx_id, e.position) > (%s::xid8, %s)"""
 
-STATUS_LOCKS: Final = """
-SELECT (SELECT pid FROM pg_locks
-         WHERE locktype = 'advisory' AND granted
-           AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
-           AND classid = %(class)s::bigint::oid
-           AND objid = (hashtext(%(name)s)::bigint & 4294967295)::oid
-           AND objsubid = 2
-         LIMIT 1),
-       (SELECT pid FROM pg_locks
-         WHERE locktype = 'advisory' AND granted
-           AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
-           AND classid = %(class)s::bigint::oid
-           AND objid = (hashtext(%(rebuild)s)::bigint & 4294967295)::oid
-           AND objsubid = 2
-         LIMIT 1)"""
-
 # -- rebuilds ------------------------------------------------------------------
-
-# The swap: the live row takes the rebuild's checkpoint and count (both are
-# at the same checkpoint then), and loses any error of the old tables.
-COPY_CHECKPOINT: Final = """
-UPDATE utcp.projection_checkpoints AS live
-   SET checkpoint_tx = rebuilt.checkpoint_tx,
-       checkpoint_position = rebuilt.checkpoint_position,
-       events_processed = rebuilt.events_processed,
-       last_event_at = rebuilt.last_event_at, updated_at = now(),
-       last_error = NULL, last_error_at = NULL, last_error_event = NULL
-  FROM utcp.projection_checkpoints AS rebuilt
- WHERE live.projection = %s AND rebuilt.projection = %s"""
 
 DELETE_CHECKPOINT: Final = "DELETE FROM utcp.projection_checkpoints WHERE projection = %s"
 
-# A table's indexes: name and definition (to give a rebuilt table's indexes
-# the names of the live table's, which are the names of the Sqitch change).
-TABLE_INDEXES: Final = """
-SELECT c.relname, pg_get_indexdef(i.indexrelid)
-  FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
- WHERE i.indrelid = to_regclass(%s)
- ORDER BY c.relname"""
+# The DDL of a rebuild, done by functions owned by the schema's owner (the
+# projector creates and owns nothing in utcp): shadow tables for a suffix,
+# the swap (live → old, shadow → live, checkpoint copied, old dropped,
+# indexes renamed to the canonical names), and dropping shadow tables.
+PREPARE_SHADOW: Final = "SELECT utcp.rebuild_prepare(%s::text)"
+SWAP_SHADOW: Final = "SELECT utcp.rebuild_swap(%s::text, %s::text, %s::text)"
+DISCARD_SHADOW: Final = "SELECT utcp.rebuild_discard(%s::text)"
 
-# The worker lock: one active worker per projection (projections.runner).
-TRY_LOCK: Final = "SELECT pg_try_advisory_lock(%s, hashtext(%s))"
-TAKE_LOCK: Final = "SELECT pg_advisory_lock(%s, hashtext(%s))"
+# The sessions holding a lock on the live or the shadow tables (what keeps
+# a rebuild's DDL waiting): pid, role, application, state, lock modes, and
+# how long their transaction has been open.
+TABLE_LOCKERS: Final = """
+SELECT pid, usename, application_name, state, lock_modes, xact_seconds
+  FROM utcp.projection_table_lockers(%s::text)"""

@@ -11,15 +11,15 @@ import msgspec
 from eventstore import EventStore
 
 from . import sql
-from .runner import LOCK_CLASS, parse_checkpoint
+from .runner import LeaseHolder, parse_checkpoint
 
-__all__ = ["ProjectionStatus", "projection_status", "rebuild_checkpoint_name"]
+__all__ = ["ProjectionStatus", "lease_sessions", "projection_status", "rebuild_checkpoint_name"]
 
 START: Final = "0/0"
 
 
 def rebuild_checkpoint_name(name: str) -> str:
-    """The checkpoint row (and lock) of a rebuild of projection ``name``."""
+    """The checkpoint row (and lease) of a rebuild of projection ``name``."""
     return f"{name}__rebuild"
 
 
@@ -34,9 +34,10 @@ class ProjectionStatus(msgspec.Struct, frozen=True):
     lag_events: int
     #: 0 when caught up, else how long ago the oldest unapplied event was written.
     lag_seconds: float
-    #: Backend pid of the session holding the projection's lock, if any.
+    #: Backend pid of the session holding the projection's lease (while it
+    #: lives), if any.
     active_worker_pid: int | None
-    #: Backend pid of a rebuild in progress, if any.
+    #: Backend pid of a rebuild in progress (holding the rebuild's lease), if any.
     rebuild_pid: int | None
     #: created_at of the last event applied.
     last_event_at: dt.datetime | None
@@ -48,6 +49,8 @@ class ProjectionStatus(msgspec.Struct, frozen=True):
     #: Committed events no reader can see yet: an older transaction in the
     #: cluster is still open (``eventstore status`` names it). Not lag yet.
     waiting_events: int = 0
+    #: The active worker's session (pid, role, application, state, since).
+    active_worker: LeaseHolder | None = None
 
 
 def projection_status(store: EventStore, name: str = "trading") -> ProjectionStatus:
@@ -63,12 +66,10 @@ def projection_status(store: EventStore, name: str = "trading") -> ProjectionSta
     tx, pos = parse_checkpoint(str(checkpoint))
     lag_rows = store.query("project_status", sql.STATUS_LAG, (tx, pos))
     lag_events, lag_seconds, waiting = lag_rows[0] if lag_rows else (0, 0.0, 0)
-    locks = store.query(
-        "project_status",
-        sql.STATUS_LOCKS,
-        {"class": LOCK_CLASS, "name": name, "rebuild": rebuild_checkpoint_name(name)},
-    )
-    worker, rebuilder = locks[0] if locks else (None, None)
+    holders = lease_sessions(store, name)
+    rebuilds = lease_sessions(store, rebuild_checkpoint_name(name))
+    worker = holders.get("holder")
+    rebuilder = rebuilds.get("holder")
     return ProjectionStatus(
         name=name,
         checkpoint=str(checkpoint),
@@ -76,11 +77,19 @@ def projection_status(store: EventStore, name: str = "trading") -> ProjectionSta
         lag_events=int(lag_events),
         lag_seconds=float(lag_seconds) if lag_events else 0.0,
         waiting_events=int(waiting),
-        active_worker_pid=None if worker is None else int(worker),
-        rebuild_pid=None if rebuilder is None else int(rebuilder),
+        active_worker_pid=None if worker is None else worker.pid,
+        rebuild_pid=None if rebuilder is None else rebuilder.pid,
+        active_worker=worker,
         last_event_at=last_event_at,
         updated_at=updated_at,
         last_error=error,
         last_error_at=error_at,
         last_error_event=error_event,
     )
+
+
+def lease_sessions(store: EventStore, name: str) -> dict[str, LeaseHolder]:
+    """The live "holder" and "requester" of lease ``name`` (through
+    utcp.projection_lease_holders: the lease table itself is the projector's)."""
+    rows = store.query("project_status", sql.LEASE_HOLDERS, (name,))
+    return {str(row[0]): LeaseHolder(*row) for row in rows}

@@ -48,8 +48,8 @@ from eventstore.schemas import (
     Trade,
     TradeCancelled,
 )
+from projections import sql as projection_sql
 from projections.rules import replay_fills
-from projections.runner import LOCK_CLASS
 
 from .conftest import admin_dsn, dsn_for, run_cli
 
@@ -431,11 +431,14 @@ def test_demo_as_the_writer_alone_cannot_project_and_says_what_it_needs(
 
 @pytest.fixture
 def lock_holder(demo_db: DemoDB) -> Iterator[psycopg.Connection[Any]]:
-    """A connection holding the trading projection's lock, as an active
+    """A connection holding the trading projection's lease, as an active
     worker does (close it to let go)."""
     conn = psycopg.connect(demo_db.admin, autocommit=True)
     try:
-        conn.execute("SELECT pg_advisory_lock(%s, hashtext('trading'))", (LOCK_CLASS,)).fetchone()
+        lease = {"name": "trading", "nonce": 0x5EED_0001}
+        conn.execute(projection_sql.ENSURE_LEASE, ("trading",))
+        conn.execute(projection_sql.TAKE_NONCE, (lease["nonce"],))
+        assert conn.execute(projection_sql.CLAIM_LEASE, lease).rowcount == 1
         yield conn
     finally:
         conn.close()
@@ -450,7 +453,7 @@ def test_demo_waits_as_standby_then_fails_clearly_while_another_worker_is_active
     assert re.search(r"^another worker is projecting 'trading' .*as a standby$", proc.stderr, re.M)
     line = proc.stderr.strip().splitlines()[-1]
     assert line.startswith("eventstore.demo: error: another worker still holds"), line
-    assert f"(backend pid {lock_holder.info.backend_pid})" in line
+    assert f"(backend pid {lock_holder.info.backend_pid}, role " in line
     assert "portfolios (" not in proc.stdout and "\nsummary:" not in proc.stdout
 
 

@@ -98,6 +98,17 @@ class Reader(threading.Thread):
                         self.empty.append(table)
 
 
+PROJECTOR_PRIVILEGES = {
+    "SELECT": True,
+    "INSERT": True,
+    "UPDATE": True,
+    "DELETE": True,
+    "TRUNCATE": False,
+    "REFERENCES": False,
+    "TRIGGER": False,
+}
+
+
 def assert_canonical_tables(dsn: str) -> None:
     """The swapped-in tables look like the Sqitch change made them."""
     with psycopg.connect(dsn, autocommit=True) as conn:
@@ -110,11 +121,20 @@ def assert_canonical_tables(dsn: str) -> None:
                 )
             }
             assert names == expected, table
+            # Owned by the schema's owner; the projector has its DML, nothing more.
             owner = conn.execute(
-                "SELECT tableowner FROM pg_tables WHERE schemaname = 'utcp' AND tablename = %s",
+                "SELECT t.tableowner = pg_get_userbyid(n.nspowner) FROM pg_tables t "
+                "JOIN pg_namespace n ON n.nspname = t.schemaname "
+                "WHERE t.schemaname = 'utcp' AND t.tablename = %s",
                 (table,),
             ).fetchone()
-            assert owner == ("utcp_projector",)
+            assert owner == (True,), table
+            for privilege, expected_grant in PROJECTOR_PRIVILEGES.items():
+                held = conn.execute(
+                    "SELECT has_table_privilege('utcp_projector', %s, %s)",
+                    (f"utcp.{table}", privilege),
+                ).fetchone()
+                assert held == (expected_grant,), (table, privilege)
             for role in ("utcp_reader", "utcp_writer"):
                 granted = conn.execute(
                     "SELECT has_table_privilege(%s, %s, 'SELECT')", (role, f"utcp.{table}")
@@ -302,7 +322,7 @@ def test_a_rebuild_that_cannot_go_on_leaves_nothing_behind(
     assert other.acquire()
     try:
         pid = other.connection.info.backend_pid
-        with pytest.raises(RebuildError, match=rf"another rebuild is running \(pid {pid}\)"):
+        with pytest.raises(RebuildError, match=rf"another rebuild is running \(pid {pid}, "):
             rebuild(store, dsn)
     finally:
         other.release()

@@ -24,7 +24,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from eventstore import EventStore, NewEvent, Settings, StorageAdapter, Trade
+from eventstore import EventStore, NewEvent, Settings, StorageAdapter, StoredEvent, Trade
 from eventstore.schemas import CashDeposited, PortfolioOpened, TradeCancelled
 from projections.rebuild import rebuild
 from projections.status import ProjectionStatus, projection_status
@@ -256,7 +256,12 @@ def test_standby_takes_over_when_the_active_worker_dies(store: EventStore, dsn: 
             first.kill()
             first.wait()
     try:
-        wait_until(lambda: status(store).lag_events == 0, "the worker to catch up")
+        # Caught up with every committed event, also those a transaction
+        # elsewhere in the cluster held back from readers for a moment.
+        wait_until(
+            lambda: (s := status(store)).lag_events == 0 and s.waiting_events == 0,
+            "the worker to catch up",
+        )
         # The live worker is still running: the dry-run rebuild pauses it.
         assert_matches_log(store, dsn, desk.executed, desk.cancelled)
     finally:
@@ -369,7 +374,15 @@ def test_a_poison_event_stops_the_projection_before_it(poison_dsn: str) -> None:
                 deposit_id="d2", portfolio_id="alpha", amount=Decimal(500), occurred_at=now
             )
         )
-        log = store.read_all(limit=100)
+        # Every event readable (a transaction elsewhere in the cluster can
+        # hold the readers' horizon back for a moment).
+        log: list[StoredEvent] = []
+
+        def all_readable() -> bool:
+            log[:] = store.read_all(limit=100)
+            return len(log) == 5
+
+        wait_until(all_readable, "the events to be readable")
     poison_event = next(e for e in log if e.stream_id == "portfolio-ghost")
     before = log[log.index(poison_event) - 1]
 
