@@ -306,6 +306,35 @@ def test_a_corrupted_live_row_is_reported_and_repaired(
     assert_canonical_tables(dsn)
 
 
+def test_a_rebuild_is_the_way_out_for_a_checkpoint_beyond_the_log(
+    store: EventStore, dsn: str, desk: TradingDesk
+) -> None:
+    """After a restore to a point before the live projection's checkpoint,
+    catching up fails loudly (CheckpointNotInLog); a rebuild reads the log
+    as it is, swaps the rebuilt tables in and leaves a checkpoint that is in
+    the log, so the worker goes on."""
+    run_cli("project", "catch-up", "--dsn", dsn)
+    with psycopg.connect(dsn, autocommit=True) as admin:  # what a restore leaves behind
+        admin.execute(
+            "UPDATE utcp.projection_checkpoints"
+            "   SET checkpoint_tx = (checkpoint_tx::text::bigint + 1000000)::text::xid8,"
+            "       checkpoint_position = checkpoint_position + 1000000"
+            " WHERE projection = 'trading'"
+        )
+    lost = projection_status(store).checkpoint
+    caught = run_cli("project", "catch-up", "--dsn", dsn, check=False)
+    assert caught.returncode == 1 and "project rebuild" in caught.stderr, caught.stderr
+
+    report = rebuild(store, dsn)
+    assert report.swapped and report.live_error is not None
+    assert lost in report.live_error and "names no event in this log" in report.live_error
+    assert report.checkpoint != lost
+    assert store.read_all(after=report.checkpoint, limit=1) is not None  # in the log
+    desk.step()
+    run_cli("project", "catch-up", "--dsn", dsn)
+    no_differences(rebuild(store, dsn, dry_run=True))
+
+
 def test_a_rebuild_that_cannot_go_on_leaves_nothing_behind(
     store: EventStore, dsn: str, desk: TradingDesk
 ) -> None:
