@@ -779,7 +779,7 @@ def _project_skip(args: argparse.Namespace) -> int:
 def _project_status(args: argparse.Namespace) -> int:
     with _open_store(args) as store:
         status = projection_status(store, args.name)
-    code = EXIT_ERROR if status.last_error else 0
+    code = EXIT_ERROR if status.last_error or not status.checkpoint_in_log else 0
     if args.json:
         print(msgspec.json.encode(status).decode())
         return code
@@ -790,6 +790,11 @@ def _project_status(args: argparse.Namespace) -> int:
     )
     print(f"projection:        {status.name}")
     print(f"checkpoint:        {status.checkpoint}")
+    if not status.checkpoint_in_log:
+        print(
+            "                   names no event in this log (restored to a point before it?): "
+            "the projection cannot go on from there; rebuild it: eventstore project rebuild"
+        )
     print(f"events processed:  {status.events_processed:,}")
     print(f"lag:               {lag}")
     if status.waiting_events:

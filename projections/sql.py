@@ -293,6 +293,11 @@ SELECT checkpoint_tx::text || '/' || checkpoint_position::text, events_processed
 
 # Events a reader after this checkpoint can read now (the same horizon as
 # EventStore.read_all), and how old the oldest of them is.
+# Whether a checkpoint names an event of this log (a restore to a point
+# before it leaves a projection with a checkpoint no event has).
+CHECKPOINT_IN_LOG: Final = """
+SELECT EXISTS (SELECT 1 FROM utcp.stored_events WHERE tx_id = %s::xid8 AND position = %s)"""
+
 # Lag: events a reader can see after the checkpoint, the age of the oldest,
 # and committed events not yet readable (behind an older open transaction).
 STATUS_LAG: Final = """

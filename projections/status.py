@@ -51,6 +51,10 @@ class ProjectionStatus(msgspec.Struct, frozen=True):
     waiting_events: int = 0
     #: The active worker's session (pid, role, application, state, since).
     active_worker: LeaseHolder | None = None
+    #: False when the checkpoint names an event this log does not hold (the
+    #: log was restored to a point before it): the projection cannot go on
+    #: from there and must be rebuilt (docs/runbook.md, "Restores").
+    checkpoint_in_log: bool = True
 
 
 def projection_status(store: EventStore, name: str = "trading") -> ProjectionStatus:
@@ -66,6 +70,9 @@ def projection_status(store: EventStore, name: str = "trading") -> ProjectionSta
     tx, pos = parse_checkpoint(str(checkpoint))
     lag_rows = store.query("project_status", sql.STATUS_LAG, (tx, pos))
     lag_events, lag_seconds, waiting = lag_rows[0] if lag_rows else (0, 0.0, 0)
+    in_log = str(checkpoint) == START or bool(
+        store.query("project_status", sql.CHECKPOINT_IN_LOG, (tx, pos))[0][0]
+    )
     holders = lease_sessions(store, name)
     rebuilds = lease_sessions(store, rebuild_checkpoint_name(name))
     worker = holders.get("holder")
@@ -85,6 +92,7 @@ def projection_status(store: EventStore, name: str = "trading") -> ProjectionSta
         last_error=error,
         last_error_at=error_at,
         last_error_event=error_event,
+        checkpoint_in_log=in_log,
     )
 
 

@@ -321,7 +321,11 @@ def test_a_rebuild_is_the_way_out_for_a_checkpoint_beyond_the_log(
             "       checkpoint_position = checkpoint_position + 1000000"
             " WHERE projection = 'trading'"
         )
-    lost = projection_status(store).checkpoint
+    status = projection_status(store)
+    lost = status.checkpoint
+    assert not status.checkpoint_in_log
+    shown = run_cli("project", "status", "--dsn", dsn, check=False)
+    assert shown.returncode == 1 and "names no event in this log" in shown.stdout
     caught = run_cli("project", "catch-up", "--dsn", dsn, check=False)
     assert caught.returncode == 1 and "project rebuild" in caught.stderr, caught.stderr
 
@@ -333,6 +337,7 @@ def test_a_rebuild_is_the_way_out_for_a_checkpoint_beyond_the_log(
     desk.step()
     run_cli("project", "catch-up", "--dsn", dsn)
     no_differences(rebuild(store, dsn, dry_run=True))
+    assert projection_status(store).checkpoint_in_log
 
 
 def test_a_rebuild_that_cannot_go_on_leaves_nothing_behind(
