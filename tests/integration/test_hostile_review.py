@@ -1,0 +1,116 @@
+"""Findings of the security review of issue 6 (hostile roles), each as a
+test that fails on the code as reviewed and passes once it is fixed.
+
+Every attacker is a fresh login role (conftest.login_role) with a schema of
+its own, using plain psycopg or the library as an application would.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+import psycopg
+import pytest
+
+from eventstore import EventStore, IdempotencyConflict, NewEvent, Settings
+from tests.integration.conftest import login_role
+
+SETTINGS = Settings(pool_min_size=1, pool_max_size=2, retry_attempts=1)
+APPEND = (
+    "SELECT outcome, stream_id, first_version, last_version, positions, request_id "
+    "FROM utcp.append_events(%s::text, %s::bigint, %s::text, %s::uuid, %s::jsonb)"
+)
+
+
+def test_a_key_claimed_by_one_role_does_not_answer_for_another(database_dsn: str) -> None:
+    """Idempotency keys are one namespace for every writer, and the
+    fingerprint covers the stream and the content but not the role that
+    wrote it. An attacker that can guess a victim's key and request (keys
+    derived from order ids, deterministic payloads) writes it first; the
+    victim's append then comes back ``duplicate=True`` pointing at the
+    attacker's event, the victim's own event is never written, and the log
+    attributes the victim's trade to the attacker (``recorded_by``).
+
+    Expected: a key recorded by another role is an IdempotencyConflict (or
+    keys are scoped per role and the victim's append writes its own event).
+    """
+    stream = f"portfolio-victim-{uuid.uuid4().hex[:8]}"
+    key = f"order-{uuid.uuid4().hex[:8]}"
+    data = {"portfolio_id": stream, "note": "buy 100 AAPL"}
+    with (
+        login_role(database_dsn, "utcp_writer", own_schema=True) as attacker_dsn,
+        login_role(database_dsn, "utcp_writer", own_schema=True) as victim_dsn,
+    ):
+        attacker = psycopg.conninfo.conninfo_to_dict(attacker_dsn)["user"]
+        victim = psycopg.conninfo.conninfo_to_dict(victim_dsn)["user"]
+        # The attacker, with plain psycopg: the same stream, type and data the
+        # victim will send (ids generated, so not part of the fingerprint).
+        events = [{"id": str(uuid.uuid4()), "type": "OrderNoted", "data": data}]
+        with psycopg.connect(attacker_dsn, autocommit=True) as conn:
+            row = conn.execute(
+                APPEND, (stream, None, key, uuid.uuid4(), json.dumps(events))
+            ).fetchone()
+        assert row is not None and row[0] == "w"
+
+        with EventStore.open(victim_dsn, SETTINGS) as store:
+            try:
+                result = store.append(stream, [NewEvent("OrderNoted", data)], idempotency_key=key)
+            except IdempotencyConflict:
+                result = None
+        with psycopg.connect(database_dsn, autocommit=True) as admin:
+            recorders = [
+                r[0]
+                for r in admin.execute(
+                    "SELECT recorded_by FROM utcp.stored_events WHERE stream_id = %s "
+                    "ORDER BY stream_version",
+                    (stream,),
+                )
+            ]
+        # The victim was told its event is in the log, but only the
+        # attacker's is: this is what fails today.
+        assert result is None or not result.duplicate, (
+            f"{victim}'s append answered by {attacker}'s key: {result}, log recorders {recorders}"
+        )
+        if result is not None:
+            assert recorders == [attacker, victim]
+
+
+def test_no_utcp_function_is_executable_by_public(database_dsn: str) -> None:
+    """The project's rule: every function in utcp revokes EXECUTE from
+    PUBLIC and grants it to the groups that need it. ``utcp.event_content``
+    (re-created by append_guarded with CREATE OR REPLACE, which keeps the
+    old ACL) still has ``=X/root``, and ``utcp.refuse_change`` has the
+    default ACL (NULL: PUBLIC may execute). Neither is exploitable as
+    such (schema USAGE is still needed; a trigger function cannot be called
+    directly), but the role matrix in docs/security.md is wrong for them."""
+    with psycopg.connect(database_dsn, autocommit=True) as admin:
+        public_exec = [
+            r[0]
+            for r in admin.execute(
+                """
+                SELECT p.oid::regprocedure::text
+                  FROM pg_proc p
+                 WHERE p.pronamespace = 'utcp'::regnamespace
+                   AND (p.proacl IS NULL
+                        OR EXISTS (SELECT FROM aclexplode(p.proacl) a
+                                    WHERE a.grantee = 0 AND a.privilege_type = 'EXECUTE'))
+                 ORDER BY 1"""
+            )
+        ]
+    assert public_exec == [], f"PUBLIC may execute: {public_exec}"
+
+
+@pytest.mark.parametrize("group", ["utcp_reader", "utcp_writer", "utcp_projector"])
+def test_low_groups_cannot_read_keys_or_leases(database_dsn: str, group: str) -> None:
+    """Holds (kept as a regression): keys and leases are not readable below
+    their owners (operators read keys, projectors the lease)."""
+    with (
+        login_role(database_dsn, group, own_schema=True) as dsn,
+        psycopg.connect(dsn, autocommit=True) as conn,
+    ):
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute("SELECT * FROM utcp.idempotency_keys LIMIT 1")
+        if group != "utcp_projector":
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                conn.execute("SELECT * FROM utcp.projection_leases LIMIT 1")
