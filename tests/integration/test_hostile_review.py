@@ -8,13 +8,14 @@ its own, using plain psycopg or the library as an application would.
 from __future__ import annotations
 
 import json
+import re
 import uuid
 
 import psycopg
 import pytest
 
 from eventstore import EventStore, IdempotencyConflict, NewEvent, Settings
-from tests.integration.conftest import login_role
+from tests.integration.conftest import login_role, run_cli
 
 SETTINGS = Settings(pool_min_size=1, pool_max_size=2, retry_attempts=1)
 APPEND = (
@@ -114,3 +115,43 @@ def test_low_groups_cannot_read_keys_or_leases(database_dsn: str, group: str) ->
         if group != "utcp_projector":
             with pytest.raises(psycopg.errors.InsufficientPrivilege):
                 conn.execute("SELECT * FROM utcp.projection_leases LIMIT 1")
+
+
+#: C1 controls (NEL, CSI, OSC, ...) and the Unicode bidi controls: a
+#: terminal may act on them (NEL starts a new line, CSI/OSC start escape
+#: sequences on terminals that honour C1 in UTF-8) or show text reordered
+#: (U+202E), so an operator reading `eventstore tail` sees what the
+#: attacker wants (a forged line, a reversed stream id).
+_UNSAFE_OUTPUT = re.compile("[\u0080-\u009f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
+
+def test_cli_output_carries_no_terminal_controls_from_the_log(database_dsn: str) -> None:
+    """Stream ids and payload strings refuse C0 controls (U+0000-U+001F,
+    U+007F) but accept C1 controls (U+0080-U+009F) and bidi overrides, in
+    the database and in the client alike. `eventstore tail` and `read` print
+    them raw: a writer stores a stream id like ``"x\\u0085     99  portfolio-a
+    v1  TradeCancelled ..."`` (NEL: a new line on terminals that honour C1)
+    or ``"portfolio-\\u202eLPAA"`` (shown reversed), and the operator's
+    terminal shows a forged line or a spoofed stream. Expected: the CLI
+    escapes what is not printable (or the log refuses C1 and bidi controls
+    in identifiers, as it refuses C0)."""
+    tag = uuid.uuid4().hex[:8]
+    streams = [f"x{tag}\u0085    99  forged-line", f"portfolio-\u202e{tag}", f"s{tag}"]
+    with login_role(database_dsn, "utcp_writer", own_schema=True) as writer:
+        with psycopg.connect(writer, autocommit=True) as conn:
+            for stream in streams:
+                events = [
+                    {
+                        "id": str(uuid.uuid4()),
+                        "type": "Note",
+                        "data": {"text": f"{tag}\u009b31m\u0085forged\u202e"},
+                    }
+                ]
+                conn.execute(APPEND, (stream, None, None, uuid.uuid4(), json.dumps(events)))
+        with login_role(database_dsn, "utcp_reader") as reader:
+            shown = run_cli("tail", "--dsn", reader, "--limit", "100000").stdout
+            shown += run_cli("read", "--dsn", reader, streams[0]).stdout
+    lines = [line for line in shown.splitlines() if tag in line]
+    assert lines, shown[-2000:]
+    unsafe = [line for line in lines if _UNSAFE_OUTPUT.search(line)]
+    assert unsafe == [], f"terminal controls from the log reach the operator: {unsafe!r}"
