@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import re
 import uuid
+from decimal import Decimal
 
 import psycopg
 import pytest
@@ -155,3 +156,36 @@ def test_cli_output_carries_no_terminal_controls_from_the_log(database_dsn: str)
     assert lines, shown[-2000:]
     unsafe = [line for line in lines if _UNSAFE_OUTPUT.search(line)]
     assert unsafe == [], f"terminal controls from the log reach the operator: {unsafe!r}"
+
+
+def test_numbers_read_back_as_stored(database_dsn: str) -> None:
+    """eventstore/limits.py: numbers are kept "between 1e-300 and 1e300 ...
+    so every reader decodes them as what they are". Not so for a
+    non-integer with more significant digits than a double holds: a writer
+    calling utcp.append_events directly stores ``quantity:
+    123456789012345.123456789012345678`` (a valid amount: under 1e15, 18
+    places), the log (and its hash) keep every digit, and read_stream /
+    read_all (and so the projections) return the float 123456789012345.12.
+    What the audit log shows and what everything computed from it uses
+    differ. (The Python client never sends numbers: Decimals travel as
+    strings; the HTTP service and other clients may.) Expected: the
+    database refuses numbers that do not read back exactly (more than 15
+    significant digits in a non-integer), or readers decode them exactly."""
+    stream = f"prec-{uuid.uuid4().hex[:8]}"
+    written = "123456789012345.123456789012345678"
+    events = f'[{{"id": "{uuid.uuid4()}", "type": "Note", "data": {{"quantity": {written}}}}}]'
+    with login_role(database_dsn, "utcp_writer", own_schema=True) as writer:
+        with psycopg.connect(writer, autocommit=True) as conn:
+            try:
+                conn.execute(APPEND, (stream, None, None, uuid.uuid4(), events))
+            except psycopg.Error as exc:
+                assert exc.sqlstate == "UT004", exc  # refused: what is asked
+                return
+            stored = conn.execute(
+                "SELECT data ->> 'quantity' FROM utcp.stored_events WHERE stream_id = %s",
+                (stream,),
+            ).fetchone()
+        assert stored is not None and stored[0] == written
+        with EventStore.open(writer, SETTINGS) as store:
+            read = store.read_stream(stream)[0].data["quantity"]
+    assert Decimal(str(read)) == Decimal(written), f"the log holds {written}, readers get {read!r}"
