@@ -7,15 +7,18 @@ its own, using plain psycopg or the library as an application would.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import re
 import uuid
 from decimal import Decimal
 
+import msgspec
 import psycopg
 import pytest
 
 from eventstore import EventStore, IdempotencyConflict, NewEvent, Settings
+from eventstore.events import EventRegistry
 from tests.integration.conftest import login_role, run_cli
 
 SETTINGS = Settings(pool_min_size=1, pool_max_size=2, retry_attempts=1)
@@ -189,3 +192,40 @@ def test_numbers_read_back_as_stored(database_dsn: str) -> None:
         with EventStore.open(writer, SETTINGS) as store:
             read = store.read_stream(stream)[0].data["quantity"]
     assert Decimal(str(read)) == Decimal(written), f"the log holds {written}, readers get {read!r}"
+
+
+class _OrderPlaced(msgspec.Struct, frozen=True, kw_only=True):
+    order_id: str
+    symbol: str
+    placed_at: dt.datetime
+
+
+def test_registered_time_field_is_the_business_time(writer_dsn: str) -> None:
+    """Not an attack, a discrepancy the review found: EventRegistry.register
+    takes a ``time_field`` for any type, and the client validates it as the
+    business time, but the database now derives ``occurred_at`` only from
+    its fixed table utcp.event_time_fields (the six built-in types), else
+    ``data.occurred_at``, else the insert's clock. An application's own
+    type with ``time_field="placed_at"`` is indexed at the time it was
+    recorded: find_events(since=..., until=...) over business time misses
+    it. Expected: the registered time field is the one the database uses
+    (or register() refuses a time_field the database does not know)."""
+    registry = EventRegistry()
+    registry.register("ReviewOrderPlaced", _OrderPlaced, time_field="placed_at")
+    placed = dt.datetime(2001, 2, 3, 4, 5, 6, tzinfo=dt.UTC)
+    stream = f"orders-{uuid.uuid4().hex[:8]}"
+    with EventStore.open(writer_dsn, SETTINGS, registry=registry) as store:
+        store.append(
+            stream,
+            [
+                NewEvent(
+                    "ReviewOrderPlaced",
+                    _OrderPlaced(order_id="o-1", symbol="AAPL", placed_at=placed),
+                )
+            ],
+        )
+        stored = store.read_stream(stream)[0]
+    assert stored.occurred_at == placed, (
+        f"registered time field placed_at={placed.isoformat()}, "
+        f"indexed occurred_at={stored.occurred_at.isoformat()}"
+    )
