@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from decimal import Decimal, InvalidOperation
 from types import FrameType
-from typing import Any, ClassVar, TextIO
+from typing import Any, ClassVar, Final, TextIO
 
 import msgspec
 import psycopg
@@ -232,10 +232,39 @@ def _time(value: dt.datetime) -> str:
     return text.replace("+00:00", "Z")
 
 
+#: Characters a terminal acts on rather than shows (C1 controls such as NEL
+#: and CSI, bidirectional overrides and isolates, line and paragraph
+#: separators): what the log holds is shown, never obeyed. JSON output
+#: escapes them as \uXXXX too, which is still the same JSON string.
+_TERMINAL_CONTROLS: Final = {
+    code: f"\\u{code:04x}"
+    for code in (
+        *range(0x80, 0xA0),
+        0x061C,
+        0x200E,
+        0x200F,
+        *range(0x202A, 0x202F),
+        *range(0x2066, 0x206A),
+        0x2028,
+        0x2029,
+    )
+}
+
+
+def printable(text: str) -> str:
+    """``text`` with every character a terminal would act on (C0 and C1
+    controls, bidirectional controls, separators) written as an escape."""
+    if text.isprintable():
+        return text
+    return "".join(
+        ch if ch.isprintable() or ch == " " else f"\\u{ord(ch):04x}" for ch in text
+    ).translate(_TERMINAL_CONTROLS)
+
+
 def event_line(event: StoredEvent) -> str:
     """``position  stream vN  Type  time  {data}``, at most LINE_WIDTH wide."""
     data = _compact.encode(event.data).decode()
-    line = (
+    line = printable(
         f"{event.position:>6}  {event.stream_id} v{event.stream_version}  {event.type}  "
         f"{_time(event.occurred_at)}  {data}"
     )
@@ -250,7 +279,7 @@ def event_json(event: StoredEvent) -> str:
     for name, value in record.items():
         if isinstance(value, bytes):
             record[name] = value.hex()
-    return msgspec.json.encode(record).decode()
+    return msgspec.json.encode(record).decode().translate(_TERMINAL_CONTROLS)
 
 
 def _print_events(events: Sequence[StoredEvent], as_json: bool, out: TextIO) -> None:
@@ -1198,7 +1227,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_BROKEN_PIPE
     except EventStoreError as exc:
         ProgressDisplay.end_line()
-        print(f"eventstore: error: {exc}", file=sys.stderr)
+        print(f"eventstore: error: {printable(str(exc))}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:
         return 130
