@@ -67,6 +67,7 @@ DEFAULT_PROBLEM_LIMIT: Final = 1000
 
 _V2_TAG: Final = b"utcp-event-v2"
 _NULL_FIELD: Final = b"\xff\xff\xff\xff"
+_LENGTH: Final = struct.Struct(">i")
 _SEPARATOR: Final = "\x1f"
 _ZERO: Final = (0, 0)
 
@@ -149,12 +150,15 @@ def _field(value: str | None) -> bytes:
     if value is None:
         return _NULL_FIELD
     raw = value.encode()
-    return struct.pack(">i", len(raw)) + raw
+    return _LENGTH.pack(len(raw)) + raw
 
 
 def _micros(epoch: str) -> str:
     """``(extract(epoch FROM t) * 1000000)::bigint::text`` from the epoch's
     numeric text (exact: timestamps have microsecond precision)."""
+    whole, dot, fraction = epoch.partition(".")
+    if dot and len(fraction) == 6 and fraction.isdigit() and whole.lstrip("-").isdigit():
+        return str(int(whole + fraction))  # the usual form: "1764672000.123456"
     return str(int(Decimal(epoch).scaleb(6).to_integral_value()))
 
 
