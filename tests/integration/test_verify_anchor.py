@@ -31,7 +31,7 @@ import pytest
 from psycopg import sql
 
 from eventstore import EventStore, IntegrityViolation, NewEvent, Settings, integrity
-from tests.integration.conftest import admin_dsn, deployed_database, dsn_for, run_cli
+from tests.integration.conftest import admin_dsn, deployed_database, dsn_for, login_role, run_cli
 
 TABLES = ("stored_events", "idempotency_keys", "chain_anchors")
 
@@ -695,3 +695,13 @@ def test_from_anchor_checks_only_what_follows_and_reports_changes_after_it(
         proc = es(dsn, "verify", "--from-anchor", str(seed.anchor_file))
         assert proc.returncode == 1
         assert "hash does not match" in proc.stdout
+
+
+def test_a_reader_can_verify_against_a_saved_anchor_keys_are_noted_as_unchecked(
+    seed: Seed,
+) -> None:
+    with login_role(seed.dsn, "utcp_reader") as reader:
+        proc = es(reader, "verify", "--anchor", str(seed.anchor_file))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "1 saved anchors" in proc.stdout
+    assert "idempotency keys not checked" in proc.stderr
