@@ -32,6 +32,7 @@ checkpoint (verify once in full, against the same saved anchor, for that).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import re
@@ -613,8 +614,10 @@ def verify_log(
                 progress=progress,
             )
     finally:
-        conn.isolation_level = None
-        conn.read_only = None
+        if not conn.closed:
+            with contextlib.suppress(psycopg.Error):
+                conn.isolation_level = None
+                conn.read_only = None
     return report
 
 
