@@ -33,6 +33,7 @@ from projections.rebuild import PROJECTIONS, rebuild
 from projections.runner import skip_stream
 from projections.status import lease_sessions, projection_status
 
+from . import integrity
 from . import sql as store_sql
 from .errors import EventStoreError, StorageUnavailable, ValidationError, first_line
 from .events import (
@@ -47,7 +48,7 @@ from .events import (
 from .schemas import ProjectionEventSkipped
 from .settings import Settings, redact
 from .sqitch import Sqitch, build_target
-from .store import EventStore
+from .store import EventStore, map_error
 
 __all__ = ["main"]
 
@@ -457,15 +458,19 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _verify(args: argparse.Namespace) -> int:
+    if args.stream is None:
+        return _verify_log(args)
+    if args.anchor or args.from_anchor:
+        raise ValidationError(
+            "--anchor and --from-anchor check the whole log: leave out --stream", field="stream"
+        )
     with _open_store(args) as store:
         report = store.verify_chain(args.stream)
     if args.json:
         print(msgspec.json.encode({**msgspec.structs.asdict(report), "ok": report.ok}).decode())
         return 0 if report.ok else EXIT_ERROR
-    scope = f"stream {args.stream}" if args.stream else "the whole log"
+    scope = f"stream {args.stream}"
     counts = f"{report.events_checked} events in {report.streams_checked} streams"
-    if not args.stream:
-        counts += f", {report.anchors_checked} anchors"
     if report.ok:
         print(f"ok: {scope}, {counts}, every hash, chain link and anchor checks out")
         return 0
@@ -478,6 +483,62 @@ def _verify(args: argparse.Namespace) -> int:
         print(f"  anchor #{bad.anchor_id} (through {bad.checkpoint})  {bad.problem}")
     found = len(report.problems) + len(report.anchor_problems)
     print(f"PROBLEMS: {found} in {scope} ({counts} checked)")
+    return EXIT_ERROR
+
+
+def _verify_log(args: argparse.Namespace) -> int:
+    """The whole log, recomputed here (eventstore/integrity.py): no function
+    of the database is trusted; saved anchors prove the past unchanged."""
+    saved = integrity.load_saved_anchors(args.anchor or ())
+    start: integrity.SavedAnchor | None = None
+    if args.from_anchor:
+        start = integrity.load_saved_anchors([args.from_anchor])[-1]
+    dsn = _dsn(args)
+    display = ProgressDisplay("verify") if sys.stderr.isatty() else None
+    with integrity.connect(dsn, Settings.from_env()) as conn:
+        try:
+            report = integrity.verify_log(
+                conn,
+                saved,
+                from_anchor=start,
+                chunk_size=args.chunk_size,
+                progress=display.update if display is not None else None,
+            )
+        except psycopg.Error as exc:
+            raise map_error(exc, "verify") from exc
+        finally:
+            if display is not None:
+                display.finish()
+    if report.keys_checked is None:
+        print(
+            "note: idempotency keys not checked: this role may not read utcp.idempotency_keys "
+            "(connect as a member of utcp_operator)",
+            file=sys.stderr,
+        )
+    if args.json:
+        for problem in report.problems:
+            print(json.dumps(problem.record()))
+        print(json.dumps(report.summary()))
+        return 0 if report.ok else EXIT_ERROR
+    scope = "the whole log"
+    if start is not None:
+        scope = f"the log after saved anchor #{start.anchor_id} (through {start.checkpoint})"
+    counts = (
+        f"{report.events_checked} events in {report.streams_checked} streams, "
+        f"{report.anchors_checked} anchors"
+    )
+    if saved:
+        counts += f", {report.saved_anchors_checked} saved anchors"
+    if report.keys_checked is not None:
+        counts += f", {report.keys_checked} idempotency keys"
+    if report.ok:
+        print(f"ok: {scope}, {counts}, every hash, chain link and anchor checks out")
+        return 0
+    for problem in report.problems:
+        print(problem.line())
+    if report.problem_count > len(report.problems):
+        print(f"  ... and {report.problem_count - len(report.problems)} more")
+    print(f"PROBLEMS: {report.problem_count} in {scope} ({counts} checked)")
     return EXIT_ERROR
 
 
@@ -494,7 +555,8 @@ def _anchor(args: argparse.Namespace) -> int:
     print(
         f"anchor #{anchor.anchor_id}: {anchor.events} events through checkpoint "
         f"{anchor.checkpoint}\n  sha256 {anchor.digest.hex()}\n"
-        "  keep this digest outside the database; `eventstore verify` checks every anchor"
+        "  keep this digest outside the database (or save the --json line): "
+        "`eventstore verify --anchor FILE` proves the log up to it unchanged"
     )
     return 0
 
@@ -1190,6 +1252,25 @@ def build_parser() -> argparse.ArgumentParser:
         "verify", help="recompute every hash and check the chains (exit 1 on any problem)"
     )
     verify.add_argument("--stream", metavar="STREAM", help="only this stream")
+    verify.add_argument(
+        "--anchor",
+        metavar="FILE",
+        action="append",
+        help="an anchor saved outside the database (the line `eventstore anchor --json` "
+        "printed; a file of such lines): prove the log up to it unchanged (repeatable)",
+    )
+    verify.add_argument(
+        "--from-anchor",
+        metavar="FILE",
+        help="trust this saved anchor (the last one in FILE) and check only what follows it",
+    )
+    verify.add_argument(
+        "--chunk-size",
+        metavar="N",
+        type=positive_int,
+        default=integrity.DEFAULT_CHUNK_SIZE,
+        help=f"events read per statement (default {integrity.DEFAULT_CHUNK_SIZE})",
+    )
     _add_json(verify)
     _add_dsn(verify)
     verify.set_defaults(handler=_verify)

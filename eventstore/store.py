@@ -565,7 +565,7 @@ class EventStore:
                             sqlstate=exc.sqlstate,
                         ) from exc
                     assert row is not None
-                    return self._result(row, request_id)
+                    return self._result(row, request_id, idempotency_key)
                 raise StorageUnavailable(
                     f"lost the race for stream {stream_id!r} {MAX_STREAM_RACES} times in a row",
                     operation="append",
@@ -624,10 +624,22 @@ class EventStore:
         )
 
     @staticmethod
-    def _result(row: tuple[Any, ...], request_id: uuid.UUID) -> AppendResult:
+    def _result(
+        row: tuple[Any, ...], request_id: uuid.UUID, key: str | None = None
+    ) -> AppendResult:
         """A row of utcp.append_events(): 'w' written now, 'k' the key's
         earlier result (the database has checked it was this very request)."""
         outcome, stored_stream, first, last, positions, stored_request = row
+        if outcome == "k" and (positions is None or len(positions) != last - first + 1):
+            # The key outlived its events: someone removed them from the log.
+            raise IntegrityViolation(
+                f"idempotency key recorded {stored_stream!r} v{first}..v{last}, but "
+                f"{last - first + 1 - len(positions or ())} of those events are gone from the "
+                "log: it was tampered with (run `eventstore verify`); nothing was written",
+                operation="append",
+                stream_id=stored_stream,
+                idempotency_key=key,
+            )
         # A key holding this call's request id was written by this call's
         # own earlier attempt: report the write, once, not a duplicate.
         duplicate = outcome == "k" and stored_request != request_id
