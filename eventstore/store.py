@@ -555,9 +555,10 @@ class EventStore:
                         try:
                             row = conn.execute(sql.APPEND, params).fetchone()
                         except psycopg.Error as exc:
-                            # No SQLSTATE: no answer from the server, which
-                            # may have committed; an answer settles it.
-                            in_doubt = exc.sqlstate is None
+                            # The connection broke with the statement sent:
+                            # no answer, and the server may have committed.
+                            # An answer (a SQLSTATE) settles it.
+                            in_doubt = exc.sqlstate is None and conn.closed
                             raise
                         in_doubt = False
                     except pg_errors.UniqueViolation as exc:
