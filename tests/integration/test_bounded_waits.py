@@ -47,6 +47,8 @@ from eventstore import (
     StorageError,
     StorageUnavailable,
 )
+from eventstore.watchdog import DeadlineExceeded
+from projections.runner import ProjectionRunner
 
 #: A generous bound for things that take well under a second.
 WAIT = 60.0
@@ -108,7 +110,7 @@ class Proxy:
     def dsn(self, dsn: str) -> str:
         params = conninfo_to_dict(dsn)
         params.update(host="127.0.0.1", port=str(self.port))
-        return make_conninfo(**params)
+        return make_conninfo("", **params)
 
     def close(self) -> None:
         self._closed.set()
@@ -345,6 +347,44 @@ def test_the_retry_budget_bounds_the_whole_call(proxy: Proxy, writer_dsn: str, s
                 call()
             assert time.monotonic() - started < settings.retry_timeout + MARGIN
             assert not isinstance(info.value, AppendOutcomeUnknown)
+
+
+class _GoesSilent:
+    """A projection whose batch meets a network gone silent mid-transaction."""
+
+    name = "goes-silent"
+
+    def __init__(self, proxy: Proxy) -> None:
+        self.proxy = proxy
+
+    def apply(self, conn: psycopg.Connection[Any], events: Any, tables: Any) -> None:
+        self.proxy.silent()
+        conn.execute("SELECT 1")
+
+
+def test_a_silent_network_ends_the_projection_workers_batch_within_its_bound(
+    proxy: Proxy, database_dsn: str, store: EventStore, stream: str
+) -> None:
+    store.append(stream, events(1))  # something to apply
+    settings = tight()
+    through = proxy.dsn(database_dsn)
+    with EventStore.open(through, settings) as proxied:
+        name = f"silent-{uuid.uuid4().hex[:8]}"
+        runner = ProjectionRunner(proxied, through, _GoesSilent(proxy), checkpoint_name=name)  # type: ignore[arg-type]
+        with runner:
+            assert runner.acquire()
+            started = time.monotonic()
+            with pytest.raises(DeadlineExceeded):
+                runner.catch_up()
+            assert time.monotonic() - started < settings.round_trip_timeout + MARGIN
+            assert runner.connection.closed  # abandoned: the worker reconnects
+            # A new worker session meets the silence too: bounded by
+            # connect_timeout (psycopg's ConnectionTimeout), then the watchdog.
+            started = time.monotonic()
+            with pytest.raises(psycopg.OperationalError):
+                runner2 = ProjectionRunner(proxied, through, checkpoint_name="silent-other")
+                runner2.acquire()
+            assert time.monotonic() - started < settings.round_trip_timeout + MARGIN
 
 
 # -- a frozen projection worker ------------------------------------------------------
