@@ -18,11 +18,11 @@ dict insertion under a lock.
 from __future__ import annotations
 
 import itertools
+import os
 import socket
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from types import TracebackType
 from typing import Any, Final
 
 import psycopg
@@ -53,18 +53,18 @@ class _Watchdog:
         self._lock = threading.Lock()
         self._entries: dict[int, _Entry] = {}
         self._ids = itertools.count()
-        self._thread: threading.Thread | None = None
+        self._pid = 0  # the process the thread runs in (none yet: 0)
 
     def register(self, conn: psycopg.Connection[Any], deadline: float) -> tuple[int, _Entry]:
         entry = _Entry(conn, deadline)
         key = next(self._ids)
         with self._lock:
             self._entries[key] = entry
-            if self._thread is None or not self._thread.is_alive():
-                self._thread = threading.Thread(
+            if self._pid != os.getpid():  # first use, or a forked child
+                self._pid = os.getpid()
+                threading.Thread(
                     target=self._watch, name="eventstore-watchdog", daemon=True
-                )
-                self._thread.start()
+                ).start()
         return key, entry
 
     def unregister(self, key: int) -> None:
@@ -102,29 +102,36 @@ def _shut_down(conn: psycopg.Connection[Any]) -> None:
 _WATCHDOG: Final = _Watchdog()
 
 
-@contextmanager
-def guard(conn: psycopg.Connection[Any], seconds: float) -> Iterator[None]:
+class guard:
     """Run the block's round trips on ``conn`` under a deadline ``seconds``
     from now. Past it, the connection is shut down and closed, and the
-    block's error becomes :class:`DeadlineExceeded`."""
-    key, entry = _WATCHDOG.register(conn, time.monotonic() + max(0.0, seconds))
-    try:
-        yield
-    except psycopg.Error as exc:
-        _WATCHDOG.unregister(key)
-        if entry.expired:
-            conn.close()
+    block's error becomes :class:`DeadlineExceeded`. (A class, not a
+    generator: it sits on the append's path.)"""
+
+    __slots__ = ("_conn", "_entry", "_key", "_seconds")
+
+    def __init__(self, conn: psycopg.Connection[Any], seconds: float) -> None:
+        self._conn = conn
+        self._seconds = seconds
+
+    def __enter__(self) -> None:
+        self._key, self._entry = _WATCHDOG.register(
+            self._conn, time.monotonic() + max(0.0, self._seconds)
+        )
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        _WATCHDOG.unregister(self._key)
+        if not self._entry.expired:
+            return
+        # Shut down under the block (or as its reply came): never reused.
+        self._conn.close()
+        if isinstance(exc, psycopg.Error):
             raise DeadlineExceeded(
-                f"no reply from the server within {seconds:.1f} s: connection abandoned "
-                "(a silent network or a frozen peer)"
+                f"no reply from the server within {self._seconds:.1f} s: connection "
+                "abandoned (a silent network or a frozen peer)"
             ) from exc
-        raise
-    except BaseException:
-        _WATCHDOG.unregister(key)
-        if entry.expired:
-            conn.close()
-        raise
-    else:
-        _WATCHDOG.unregister(key)
-        if entry.expired:
-            conn.close()  # shut down as the reply came: the pool must not reuse it
