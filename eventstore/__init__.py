@@ -8,6 +8,7 @@ event log on PostgreSQL.
 
 from .adapter import StorageAdapter
 from .errors import (
+    AppendOutcomeUnknown,
     CheckpointNotInLog,
     DuplicateEventId,
     EventStoreError,
@@ -40,6 +41,7 @@ __all__ = [
     "NO_STREAM",
     "STREAM_EXISTS",
     "Anchor",
+    "AppendOutcomeUnknown",
     "AppendResult",
     "AuditEvent",
     "ChainReport",

@@ -62,6 +62,8 @@ LINE_WIDTH = 160
 #: An open transaction older than this holds back the global readers.
 OLD_TRANSACTION_SECONDS = 60.0
 PAGE_SIZE = 1000
+#: `tail --follow` in an outage: the longest pause between tries (seconds).
+FOLLOW_MAX_WAIT = 5.0
 #: Human output shows payloads compact, keys in alphabetical order.
 _compact = msgspec.json.Encoder(order="sorted")
 
@@ -374,13 +376,33 @@ def _tail(args: argparse.Namespace) -> int:
     remaining: int | None = args.limit
     out = sys.stdout
     stop = _StopRequest()
+    outage = 0  # failed reads in a row while following
     try:
         with stop.installed() if args.follow else nullcontext(), _open_store(args) as store:
             while not stop.requested and (remaining is None or remaining > 0):
                 size = PAGE_SIZE if remaining is None else min(PAGE_SIZE, remaining)
-                page: list[StoredEvent] = store.read_all(
-                    after=checkpoint, limit=size, types=args.types
-                )
+                try:
+                    page: list[StoredEvent] = store.read_all(
+                        after=checkpoint, limit=size, types=args.types
+                    )
+                except StorageUnavailable as exc:
+                    if not args.follow:
+                        raise
+                    # An outage: wait (each read is bounded by retry_timeout,
+                    # each pause by FOLLOW_MAX_WAIT) and resume where it was.
+                    outage += 1
+                    wait = min(FOLLOW_MAX_WAIT, args.poll_interval * 2**outage)
+                    print(
+                        f"eventstore: tail: {exc.message}; trying again in {wait:.1f} s "
+                        f"(at {checkpoint or 'the start of the log'})",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+                    stop.sleep(wait)
+                    continue
+                if outage:
+                    print("eventstore: tail: reading again", file=sys.stderr, flush=True)
+                    outage = 0
                 if page:
                     _print_events(page, args.json, out)
                     out.flush()
@@ -394,15 +416,27 @@ def _tail(args: argparse.Namespace) -> int:
                         stop.sleep(args.poll_interval)
     except _Stopped:
         pass
-    if not args.json:
-        # The place to resume from: on stdout after a one-off read, on
-        # stderr when following (stdout is the live feed).
-        where = sys.stderr if args.follow else out
-        if checkpoint is None:
-            print("-- no events yet (checkpoint: start of the log)", file=where)
-        else:
-            print(f"-- checkpoint {checkpoint} (continue with --after {checkpoint})", file=where)
+    finally:
+        # Following, the place to resume from goes to stderr whenever it
+        # stops (a signal, --limit, an error): stdout is the live feed.
+        if args.follow:
+            _print_resume(checkpoint, args.json, sys.stderr)
+    if not args.follow and not args.json:
+        _print_resume(checkpoint, False, out)  # a one-off read: after its events
     return 0
+
+
+def _print_resume(checkpoint: str | None, as_json: bool, where: TextIO) -> None:
+    """The checkpoint to resume from: ``-- checkpoint X (continue with
+    --after X)``, or with --json the line ``{"resume_after": X}`` (null: the
+    start of the log)."""
+    if as_json:
+        print(json.dumps({"resume_after": checkpoint}), file=where, flush=True)
+    elif checkpoint is None:
+        print("-- no events yet (checkpoint: start of the log)", file=where, flush=True)
+    else:
+        print(f"-- checkpoint {checkpoint} (continue with --after {checkpoint})", file=where)
+        where.flush()
 
 
 def _status(args: argparse.Namespace) -> int:

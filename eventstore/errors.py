@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 __all__ = [
+    "AppendOutcomeUnknown",
     "CheckpointNotInLog",
     "DuplicateEventId",
     "EventStoreError",
@@ -134,6 +135,28 @@ class StorageError(EventStoreError):
 class StorageUnavailable(StorageError):
     """A transient failure (connection lost, shutdown, pool timeout, …) that
     outlived the retries."""
+
+
+class AppendOutcomeUnknown(StorageError):
+    """An append may or may not have been written: an attempt reached the
+    server (its statement was sent), the connection was lost before the
+    reply, and the store could not find out afterwards (no connection within
+    the retry budget). Not a :class:`StorageUnavailable`: repeating the call
+    blindly could write the events twice.
+
+    ``event_ids`` are the batch's ids (as they would be stored),
+    ``idempotency_key`` the call's key. To resolve: look the event ids up in
+    the log (``read_stream``), or repeat the call with the same
+    ``idempotency_key`` (always safe: it writes once and returns the first
+    result with ``duplicate=True``).
+    """
+
+    def __init__(self, message: str, *, event_ids: tuple[Any, ...], **ctx: Any) -> None:
+        super().__init__(message, **ctx)
+        self.event_ids = event_ids
+
+    def context(self) -> dict[str, Any]:
+        return {**super().context(), "events": len(self.event_ids)}
 
 
 class SqitchError(EventStoreError):

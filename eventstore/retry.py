@@ -10,6 +10,9 @@ keys fixed before the first attempt.
 
 from __future__ import annotations
 
+import contextvars
+import random
+import time
 from collections.abc import Callable
 from typing import Final, TypeVar
 
@@ -19,13 +22,23 @@ import stamina
 
 from .settings import Settings
 
-__all__ = ["is_transient", "run_with_retries"]
+__all__ = ["call_deadline", "is_transient", "run_with_retries"]
 
 T = TypeVar("T")
 
 #: admin_shutdown, crash_shutdown, cannot_connect_now,
 #: serialization_failure, deadlock_detected
 TRANSIENT_SQLSTATES: Final = frozenset({"57P01", "57P02", "57P03", "40001", "40P01"})
+
+#: Backoff between attempts (seconds): doubling from WAIT_INITIAL up to
+#: WAIT_MAX, plus up to WAIT_JITTER at random.
+WAIT_INITIAL: Final = 0.05
+WAIT_MAX: Final = 2.0
+WAIT_JITTER: Final = 0.05
+
+_DEADLINE: contextvars.ContextVar[float | None] = contextvars.ContextVar(
+    "eventstore_call_deadline", default=None
+)
 
 
 def is_transient(exc: Exception) -> bool:
@@ -46,6 +59,12 @@ def is_transient(exc: Exception) -> bool:
     return False
 
 
+def call_deadline() -> float | None:
+    """The monotonic time by which the current call (run_with_retries)
+    must end, if one is running in this context."""
+    return _DEADLINE.get()
+
+
 def run_with_retries(
     settings: Settings, work: Callable[[int], T], *, on_retry: Callable[[Exception], None]
 ) -> T:
@@ -53,29 +72,34 @@ def run_with_retries(
     non-transient error occurs, or attempts/time run out. The last
     exception propagates unchanged; the caller maps it.
 
-    The first attempt runs outside stamina: its wrapper costs tens of
-    microseconds, and the first attempt almost always succeeds.
+    ``retry_timeout`` bounds the whole call, the last attempt included:
+    another attempt starts only if its backoff ends before the budget does,
+    and :func:`call_deadline` tells the attempts when the budget ends (the
+    store caps its connection waits and round trips by it). Backoff is
+    exponential with jitter; in stamina's test mode it is skipped.
     """
+    now = time.monotonic()
+    outer = _DEADLINE.get()
+    deadline = now + settings.retry_timeout
+    if outer is not None:
+        deadline = min(deadline, outer)
+    token = _DEADLINE.set(deadline)
     try:
-        return work(1)
-    except Exception as exc:
-        if settings.retry_attempts <= 1 or not is_transient(exc):
-            raise
-        on_retry(exc)
-    attempt = 1
-    for retry in stamina.retry_context(
-        on=is_transient,
-        attempts=settings.retry_attempts - 1,
-        timeout=settings.retry_timeout,
-        wait_initial=0.05,
-        wait_max=2.0,
-    ):
-        with retry:
+        attempt = 0
+        while True:
             attempt += 1
             try:
                 return work(attempt)
             except Exception as exc:
-                if is_transient(exc) and attempt < settings.retry_attempts:
-                    on_retry(exc)
-                raise
-    raise AssertionError("unreachable: stamina re-raises the last failure")  # pragma: no cover
+                if attempt >= settings.retry_attempts or not is_transient(exc):
+                    raise
+                wait = 0.0
+                if not stamina.is_testing():
+                    backoff = min(WAIT_MAX, WAIT_INITIAL * 2 ** (attempt - 1))
+                    wait = backoff + random.uniform(0, WAIT_JITTER)
+                if time.monotonic() + wait >= deadline:
+                    raise  # no time left for another attempt
+                on_retry(exc)
+            time.sleep(wait)
+    finally:
+        _DEADLINE.reset(token)

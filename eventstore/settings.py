@@ -45,6 +45,20 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     idle_in_transaction_session_timeout: float = 60.0
     #: Shown in pg_stat_activity.
     application_name: str = "eventstore"
+    #: Client-side deadline on one unit of work's round trips (seconds): past
+    #: it the connection is shut down and discarded, whatever the network
+    #: does (a silent one included). 0: statement_timeout + 5 s (1 hour when
+    #: statement_timeout is 0). A call's whole retry_timeout caps it too.
+    network_timeout: float = 0.0
+    #: TCP keepalives on every connection: first probe after this many idle
+    #: seconds, then every keepalives_interval s, dead after keepalives_count
+    #: unanswered probes (a peer that is gone, not one that is silent).
+    keepalives_idle: int = 10
+    keepalives_interval: int = 5
+    keepalives_count: int = 3
+    #: Linux TCP_USER_TIMEOUT: a connection whose sent data stays
+    #: unacknowledged this long is dropped by the kernel (0 = the system's).
+    tcp_user_timeout: float = 30.0
     #: Attempts for one unit of work on transient failures (1 = no retry).
     retry_attempts: int = 5
     #: Total time budget for those attempts, backoff included.
@@ -68,6 +82,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             ("connect_timeout", self.connect_timeout > 0),
             ("statement_timeout", self.statement_timeout >= 0),
             ("idle_in_transaction_session_timeout", self.idle_in_transaction_session_timeout >= 0),
+            ("network_timeout", self.network_timeout >= 0),
+            ("keepalives_idle", self.keepalives_idle >= 1),
+            ("keepalives_interval", self.keepalives_interval >= 1),
+            ("keepalives_count", self.keepalives_count >= 1),
+            ("tcp_user_timeout", self.tcp_user_timeout >= 0),
             ("retry_attempts", self.retry_attempts >= 1),
             ("retry_timeout", self.retry_timeout > 0),
             ("max_event_bytes", 0 < self.max_event_bytes <= MAX_EVENT_BYTES),
@@ -117,6 +136,36 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         return (
             f"-c statement_timeout={statement_ms} -c idle_in_transaction_session_timeout={idle_ms}"
         )
+
+    @property
+    def round_trip_timeout(self) -> float:
+        """The client-side deadline of one unit of work (``network_timeout``,
+        or what 0 stands for)."""
+        if self.network_timeout > 0:
+            return self.network_timeout
+        if self.statement_timeout > 0:
+            return self.statement_timeout + ROUND_TRIP_MARGIN
+        return 3600.0
+
+    def connection_kwargs(self, application_name: str | None = None) -> dict[str, Any]:
+        """libpq parameters for every connection the project opens: the
+        connect timeout, keepalives, TCP_USER_TIMEOUT and the server-side
+        timeouts (:meth:`connection_options`), autocommit."""
+        return {
+            "autocommit": True,
+            "connect_timeout": max(1, round(self.connect_timeout)),
+            "application_name": application_name or self.application_name,
+            "options": self.connection_options(),
+            "keepalives": 1,
+            "keepalives_idle": self.keepalives_idle,
+            "keepalives_interval": self.keepalives_interval,
+            "keepalives_count": self.keepalives_count,
+            "tcp_user_timeout": _ms(self.tcp_user_timeout),
+        }
+
+
+#: What ``network_timeout`` 0 adds to statement_timeout (seconds).
+ROUND_TRIP_MARGIN: Final = 5.0
 
 
 def _ms(seconds: float) -> int:

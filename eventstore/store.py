@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import os
+import time
 import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -22,9 +23,10 @@ from psycopg.conninfo import conninfo_to_dict
 from psycopg.pq import Format
 from psycopg.types.json import set_json_loads
 
-from . import sql
+from . import sql, watchdog
 from .codec import PreparedAppend, check_stream_id, prepare_append
 from .errors import (
+    AppendOutcomeUnknown,
     CheckpointNotInLog,
     DuplicateEventId,
     EventStoreError,
@@ -50,7 +52,7 @@ from .events import (
 )
 from .notify import Notifier
 from .pool import LifoConnectionPool
-from .retry import is_transient, run_with_retries
+from .retry import call_deadline, is_transient, run_with_retries
 from .settings import Settings, redact, redact_dsn
 
 __all__ = [
@@ -70,6 +72,9 @@ DSN_ENV: Final = "EVENTSTORE_DSN"
 #: this bounds starvation, not progress.
 MAX_STREAM_RACES: Final = 100
 START: Final = ("0", 0)
+#: The shortest wait a unit of work gets when its call's budget is (nearly)
+#: spent: it fails fast, with the error it meets, instead of not trying.
+MIN_WAIT: Final = 0.05
 
 _decode_json = msgspec.json.Decoder().decode
 
@@ -113,8 +118,9 @@ class _OrderGuard:
     append path itself pays nothing for it.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, round_trip_timeout: float = 60.0) -> None:
         self.hazard: str | None = None
+        self.round_trip_timeout = round_trip_timeout
 
     def check(self, conn: psycopg.Connection[Any]) -> None:
         self.hazard = _hazard_message(conn.execute(sql.XID_HAZARD).fetchone())
@@ -125,7 +131,8 @@ class _OrderGuard:
         """The pool's configure hook: adapters, then the order check."""
         conn.adapters.register_dumper(_JsonbBytes, _JsonbBytesDumper)
         set_json_loads(_decode_json, conn)
-        self.check(conn)
+        with watchdog.guard(conn, self.round_trip_timeout):
+            self.check(conn)
 
 
 class ChainProblem(msgspec.Struct, frozen=True):
@@ -307,14 +314,14 @@ class EventStore:
         self._pool = pool
         self.settings = settings
         self.registry = registry
-        self._guard = guard if guard is not None else _OrderGuard()
+        self._guard = guard if guard is not None else _OrderGuard(settings.round_trip_timeout)
         channel = settings.notify_channel
         self._notifier = (
             Notifier(lambda: self._notify(channel)) if channel and not pool.closed else None
         )
 
     def _notify(self, channel: str) -> None:
-        with self._pool.connection() as conn:
+        with self._connection() as conn:
             conn.execute(sql.NOTIFY, (channel,))
 
     # -- life cycle ---------------------------------------------------------
@@ -368,15 +375,11 @@ class EventStore:
         options = settings.connection_options()
         if user_options:
             options = f"{user_options} {options}"
-        kwargs: dict[str, Any] = {
-            "autocommit": True,
-            "connect_timeout": max(1, round(settings.connect_timeout)),
-            "application_name": settings.application_name,
-            "options": options,
-        }
+        kwargs = settings.connection_kwargs()
+        kwargs["options"] = options
         # One plain connection first: its error says what is wrong (host,
         # auth, database), where a pool would only say it timed out.
-        guard = _OrderGuard()
+        order_guard = _OrderGuard(settings.round_trip_timeout)
         unavailable: StorageUnavailable | None = None
         try:
             first = psycopg.connect(dsn, **kwargs)
@@ -391,8 +394,9 @@ class EventStore:
             raise unavailable
         with first as conn:
             try:
-                cls._check_schema(conn)
-                guard.check(conn)
+                with watchdog.guard(conn, settings.round_trip_timeout):
+                    cls._check_schema(conn)
+                    order_guard.check(conn)
             except psycopg.Error as exc:  # connected: not a connection problem
                 raise map_error(exc, "open") from exc
         pool = LifoConnectionPool(
@@ -403,7 +407,7 @@ class EventStore:
             max_lifetime=settings.max_lifetime,
             max_idle=settings.max_idle,
             kwargs=kwargs,
-            configure=guard.configure,
+            configure=order_guard.configure,
             name="eventstore",
             open=False,
         )
@@ -414,7 +418,7 @@ class EventStore:
             raise StorageUnavailable(
                 f"could not open {settings.pool_min_size} connections: {exc}", operation="open"
             ) from exc
-        return cls(pool, settings, registry, guard)
+        return cls(pool, settings, registry, order_guard)
 
     @staticmethod
     def _check_schema(conn: psycopg.Connection[Any]) -> None:
@@ -441,6 +445,25 @@ class EventStore:
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+    @contextmanager
+    def _connection(self) -> Iterator[psycopg.Connection[Any]]:
+        """A pooled connection for one unit of work, its waits bounded: the
+        pool's by ``acquire_timeout``, the round trips by the watchdog's
+        deadline (``Settings.round_trip_timeout``), both by what is left of
+        the call's ``retry_timeout``. Past the deadline the connection is
+        shut down and discarded (watchdog.DeadlineExceeded, transient)."""
+        settings = self.settings
+        deadline = call_deadline()
+        acquire = settings.acquire_timeout
+        if deadline is not None:
+            acquire = min(acquire, deadline - time.monotonic())
+        with self._pool.connection(timeout=max(acquire, MIN_WAIT)) as conn:
+            budget = settings.round_trip_timeout
+            if deadline is not None:
+                budget = min(budget, deadline - time.monotonic())
+            with watchdog.guard(conn, max(budget, MIN_WAIT)):
+                yield conn
 
     @contextmanager
     def connection(self) -> Iterator[psycopg.Connection[Any]]:
@@ -508,8 +531,14 @@ class EventStore:
         request_id = uuid.uuid4()
         params = (stream_id, expected, idempotency_key, request_id, _JsonbBytes(prepared.payload))
 
+        # Whether an attempt's statement may have committed with nobody
+        # knowing: set when the connection is lost after it was sent, cleared
+        # when the server (or, without a key, the own-write check) answers.
+        in_doubt = False
+
         def attempt(n: int) -> AppendResult:
-            with self._pool.connection() as conn:
+            nonlocal in_doubt
+            with self._connection() as conn:
                 # Without a key, a retry first looks for its own events: the
                 # previous attempt may have committed before its reply was
                 # lost. (With a key, the function itself finds the key and
@@ -517,11 +546,21 @@ class EventStore:
                 own = self._own_write(conn, n, stream_id, prepared, idempotency_key)
                 if own is not None:
                     return own
+                if idempotency_key is None:
+                    in_doubt = False  # looked: the earlier attempts wrote nothing
                 for _ in range(MAX_STREAM_RACES):
                     try:
                         # Text results: psycopg loads this one row (an int8[]
                         # among its columns) faster as text than as binary.
-                        row = conn.execute(sql.APPEND, params).fetchone()
+                        try:
+                            row = conn.execute(sql.APPEND, params).fetchone()
+                        except psycopg.Error as exc:
+                            # The connection broke with the statement sent:
+                            # no answer, and the server may have committed.
+                            # An answer (a SQLSTATE) settles it.
+                            in_doubt = exc.sqlstate is None and conn.closed
+                            raise
+                        in_doubt = False
                     except pg_errors.UniqueViolation as exc:
                         own = self._own_write(conn, n, stream_id, prepared, idempotency_key)
                         if own is not None:
@@ -573,18 +612,51 @@ class EventStore:
                     idempotency_key=idempotency_key,
                 )
 
-        result: AppendResult = self._run(
-            "append", attempt, stream_id=stream_id, idempotency_key=idempotency_key
-        )
+        try:
+            result: AppendResult = self._run(
+                "append", attempt, stream_id=stream_id, idempotency_key=idempotency_key
+            )
+        except EventStoreError as exc:
+            if not in_doubt:
+                raise
+            raise self._outcome_unknown(stream_id, prepared, idempotency_key, exc) from exc
         if self._notifier is not None and not result.duplicate:
             self._notifier.poke()
         return result
+
+    def _outcome_unknown(
+        self,
+        stream_id: str,
+        prepared: PreparedAppend,
+        key: str | None,
+        exc: EventStoreError,
+    ) -> AppendOutcomeUnknown:
+        ids = prepared.event_ids
+        shown = ", ".join(str(i) for i in ids[:3]) + (", …" if len(ids) > 3 else "")
+        how = (
+            f"repeat the call with the same idempotency key {key!r} (always safe: it writes "
+            "once, and returns the first result with duplicate=True if it was written)"
+            if key is not None
+            else "look for its event ids in the stream (read_stream) before appending again: "
+            "a repeat without an idempotency key could write the events twice"
+        )
+        return AppendOutcomeUnknown(
+            f"the append of {len(ids)} event(s) to {stream_id!r} may or may not have been "
+            f"written: the connection was lost after it was sent, and the store could not "
+            f"find out within the retry budget ({exc.message}). Event ids: {shown}. To "
+            f"resolve it, {how}",
+            event_ids=ids,
+            operation="append",
+            stream_id=stream_id,
+            idempotency_key=key,
+            sqlstate=exc.sqlstate,
+        )
 
     def _order_hazard(self) -> str | None:
         """Check again (only while refusing): the operator may have fixed it."""
 
         def work(_: int) -> str | None:
-            with self._pool.connection() as conn:
+            with self._connection() as conn:
                 self._guard.check(conn)
             return self._guard.hazard
 
@@ -741,7 +813,7 @@ class EventStore:
         check_stream_id(stream_id, "stream_version")
 
         def work(_: int) -> int:
-            with self._pool.connection() as conn:
+            with self._connection() as conn:
                 row = conn.execute(sql.STREAM_VERSION, (stream_id,)).fetchone()
                 return int(row[0]) if row else 0
 
@@ -780,7 +852,7 @@ class EventStore:
             query, params = sql.READ_ALL_TYPES, (tx, pos, list(types), fetch)
 
         def work(_: int) -> list[StoredEvent]:
-            with self._pool.connection() as conn:
+            with self._connection() as conn:
                 rows = conn.cursor(binary=True).execute(query, params).fetchall()
                 if int(tx) == 0 and pos == 0:  # the start of the log (START)
                     return [StoredEvent(*row) for row in rows[:limit]]
@@ -835,7 +907,7 @@ class EventStore:
         (for read models built on the store, like the adapter's)."""
 
         def work(_: int) -> list[tuple[Any, ...]]:
-            with self._pool.connection() as conn:
+            with self._connection() as conn:
                 return conn.execute(query, params).fetchall()
 
         rows: list[tuple[Any, ...]] = self._run(operation, work)
@@ -854,7 +926,7 @@ class EventStore:
         self, operation: str, query: Any, params: Any, *, stream_id: str | None = None
     ) -> list[StoredEvent]:
         def work(_: int) -> list[StoredEvent]:
-            with self._pool.connection() as conn:
+            with self._connection() as conn:
                 cur = conn.cursor(binary=True)
                 rows = cur.execute(query, params).fetchall()
             return [StoredEvent(*row) for row in rows]
@@ -877,7 +949,7 @@ class EventStore:
         def work(_: int) -> ChainReport:
             anchors: tuple[AnchorProblem, ...] = ()
             anchors_checked = 0
-            with self._pool.connection() as conn:
+            with self._connection() as conn:
                 problems = conn.execute(sql.VERIFY_CHAIN, params).fetchall()
                 counts = conn.execute(sql.VERIFY_COUNT, params).fetchone()
                 if stream_id is None:
@@ -920,7 +992,7 @@ class EventStore:
         wait = f"{max(1, round(lock_timeout * 1000))}ms"
 
         def work(_: int) -> Anchor | None:
-            with self._pool.connection() as conn, conn.transaction():
+            with self._connection() as conn, conn.transaction():
                 # A snapshot older than the latest anchor would chain onto a
                 # stale one: the database refuses anything but READ COMMITTED.
                 conn.execute(sql.ANCHOR_ISOLATION)
@@ -946,7 +1018,7 @@ class EventStore:
         """Counts, the oldest running transaction, and the restore hazard."""
 
         def work(_: int) -> StoreStatus:
-            with self._pool.connection() as conn:
+            with self._connection() as conn:
                 row = conn.execute(sql.STATUS).fetchone()
                 oldest = conn.execute(sql.OLDEST_TRANSACTION).fetchone()
                 hazard = conn.execute(sql.XID_HAZARD).fetchone()

@@ -38,12 +38,14 @@ import secrets
 import threading
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from typing import Any, Final
 
 import msgspec
 import psycopg
+from psycopg.conninfo import conninfo_to_dict
 
-from eventstore import EventStore, StoredEvent
+from eventstore import EventStore, StoredEvent, watchdog
 from eventstore.schemas import ProjectionEventSkipped
 
 from . import sql
@@ -151,24 +153,37 @@ class ProjectionRunner:
     # -- the lease -----------------------------------------------------------
 
     def _connect(self) -> psycopg.Connection[Any]:
-        return psycopg.connect(
-            self.dsn,
-            autocommit=True,
-            application_name=f"eventstore-projection-{self.name}",
-        )
+        """A connection of the worker's own, with the store's timeouts
+        (statement, idle in transaction: a frozen worker cannot hold the
+        readers' horizon back for long), keepalives and TCP_USER_TIMEOUT,
+        after the DSN's own options (later -c wins)."""
+        kwargs = self.store.settings.connection_kwargs(f"eventstore-projection-{self.name}")
+        user_options = conninfo_to_dict(self.dsn).get("options")
+        if user_options:
+            kwargs["options"] = f"{user_options} {kwargs['options']}"
+        return psycopg.connect(self.dsn, **kwargs)
+
+    def _bounded(self, conn: psycopg.Connection[Any] | None = None) -> AbstractContextManager[None]:
+        """The store's client-side deadline on the round trips of a block on
+        the worker's connection (a batch, a lease check): past it the
+        connection is shut down (watchdog.DeadlineExceeded, an
+        OperationalError: the worker reconnects)."""
+        target = conn if conn is not None else self.connection
+        return watchdog.guard(target, self.store.settings.round_trip_timeout)
 
     def _session(self) -> tuple[psycopg.Connection[Any], int]:
         """A new connection holding the advisory lock on a random nonce of
         its own (its liveness), with the checkpoint and lease rows in place."""
         conn = self._connect()
         try:
-            conn.execute(sql.ENSURE_CHECKPOINT, (self.name,))
-            conn.execute(sql.ENSURE_LEASE, (self.name,))
-            while True:
-                nonce = secrets.randbits(62) + 1
-                row = conn.execute(sql.TAKE_NONCE, (nonce,)).fetchone()
-                if row is not None and row[0]:
-                    return conn, nonce
+            with self._bounded(conn):
+                conn.execute(sql.ENSURE_CHECKPOINT, (self.name,))
+                conn.execute(sql.ENSURE_LEASE, (self.name,))
+                while True:
+                    nonce = secrets.randbits(62) + 1
+                    row = conn.execute(sql.TAKE_NONCE, (nonce,)).fetchone()
+                    if row is not None and row[0]:
+                        return conn, nonce
         except BaseException:
             conn.close()
             raise
@@ -183,7 +198,9 @@ class ProjectionRunner:
         params = {"name": self.name, "nonce": nonce}
         try:
             while True:
-                if conn.execute(sql.CLAIM_LEASE, params).rowcount == 1:
+                with self._bounded(conn):
+                    claimed = conn.execute(sql.CLAIM_LEASE, params).rowcount == 1
+                if claimed:
                     self._conn, self._nonce = conn, nonce
                     log.info("projection %s: active worker", self.name)
                     return True
@@ -297,18 +314,23 @@ class ProjectionRunner:
         how many events were read. Stops between batches when ``stop`` is
         set, or, if ``pausable``, when another session queues for the lock."""
         conn = self.connection
-        checkpoint = self.checkpoint()
+        with self._bounded(conn):
+            checkpoint = self.checkpoint()
         done = 0
         while stop is None or not stop.is_set():
-            if pausable and self.pause_requested():
-                break
+            if pausable:
+                with self._bounded(conn):
+                    paused = self.pause_requested()
+                if paused:
+                    break
             events = self.store.read_all(after=checkpoint, limit=self.batch_size)
             if until is not None:
                 limit = checkpoint_order(until)
                 events = [e for e in events if checkpoint_order(e.checkpoint) <= limit]
             if not events:
                 break
-            checkpoint = self._apply(conn, checkpoint, events)
+            with self._bounded(conn):
+                checkpoint = self._apply(conn, checkpoint, events)
             done += len(events)
             if progress is not None:
                 progress(len(events), events[-1])
@@ -454,5 +476,6 @@ class ProjectionRunner:
                     return
             else:
                 stop.wait(step)
-            if self.pause_requested():
-                return
+            with self._bounded():
+                if self.pause_requested():
+                    return

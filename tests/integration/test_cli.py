@@ -388,7 +388,8 @@ def test_tail_follow_prints_new_events_and_stops_cleanly(
 
     proc.send_signal(signum)
     assert proc.wait(timeout=LINE_TIMEOUT) == 0
-    assert proc.stderr.read() == ""  # --json: no trailer, and no traceback
+    # --json: the checkpoint to resume from as one JSON line, no traceback.
+    assert json.loads(proc.stderr.read()) == {"resume_after": third["checkpoint"]}
     assert lines.empty()
 
 

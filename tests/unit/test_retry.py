@@ -5,6 +5,7 @@ No database: the errors are built by hand, as psycopg and the pool raise them.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 
 import psycopg
@@ -14,7 +15,7 @@ import stamina
 from psycopg import errors as pg_errors
 
 from eventstore import Settings, WrongExpectedVersion
-from eventstore.retry import is_transient, run_with_retries
+from eventstore.retry import call_deadline, is_transient, run_with_retries
 
 
 @pytest.fixture
@@ -177,3 +178,25 @@ def test_without_test_mode_attempts_are_counted_the_same() -> None:
             Settings(retry_attempts=2, retry_timeout=5.0), work, on_retry=lambda e: None
         )
     assert work.attempts == [1, 2]
+
+
+def test_the_call_deadline_is_the_retry_budget_and_bounds_the_last_attempt() -> None:
+    """Attempts see the call's deadline (the store caps its waits by it), and
+    no attempt starts whose backoff would end past it."""
+    budget = 0.5
+    seen: list[float | None] = []
+
+    def slow(attempt: int) -> str:
+        seen.append(call_deadline())
+        time.sleep(0.1)
+        raise lost()
+
+    started = time.monotonic()
+    with pytest.raises(psycopg.OperationalError):
+        run_with_retries(
+            Settings(retry_attempts=1000, retry_timeout=budget), slow, on_retry=lambda e: None
+        )
+    elapsed = time.monotonic() - started
+    assert elapsed < budget + 1.0  # generous: the last attempt started within the budget
+    assert seen and all(d is not None and d <= started + budget + 0.01 for d in seen)
+    assert call_deadline() is None  # only inside a call
