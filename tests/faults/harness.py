@@ -29,7 +29,7 @@ import psycopg
 from eventstore import EventStore, EventStoreError, NewEvent, Settings, StorageError
 from eventstore.schemas import CashDeposited, PortfolioOpened, Trade
 from ops.drill import PG_BIN, Cluster, run
-from projections import ProjectionRunner
+from projections import ProjectionError, ProjectionRunner
 
 #: Every wait of the fault tests is bounded by this (seconds).
 WAIT: Final = 60.0
@@ -297,8 +297,6 @@ class Workload:
         """ProjectionRunner.run under a supervisor that starts it again
         when its connection dies (as systemd would restart `project run`).
         A ProjectionError (an event it cannot apply) is a failure."""
-        from projections.errors import ProjectionError
-
         while not self.worker_stop.is_set():
             runner = ProjectionRunner(store, self.dsn, poll_interval=0.2, batch_size=200)
             try:
@@ -325,7 +323,8 @@ class Workload:
 @dataclass
 class Killer:
     """pg_terminate_backend on random backends of the store and the worker
-    in one database, every 50–300 ms, from an admin session of its own."""
+    in one database, every few tens of milliseconds (``interval``), from an
+    admin session of its own."""
 
     cluster: Cluster
     dbname: str
