@@ -11,6 +11,7 @@ ProjectionRunner) or the ``eventstore`` command, as a user would.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
 import random
 import subprocess
@@ -58,6 +59,9 @@ IMPATIENT_SETTINGS: Final = Settings(
     retry_attempts=2,
     retry_timeout=1.0,
 )
+
+#: pytest's ``record_property`` fixture.
+RecordProperty = Callable[[str, object], None]
 
 #: Figures of each fault test, printed in pytest's terminal summary
 #: (tests/faults/conftest.py), whatever the capture mode.
@@ -165,7 +169,7 @@ class Workload:
         self, store: EventStore, count: int, max_calls: int | None = None, first: int = 0
     ) -> None:
         for n in range(first, first + count):
-            self._thread(f"writer-{n}", lambda n=n: self._writer(store, n, max_calls))
+            self._thread(f"writer-{n}", functools.partial(self._writer, store, n, max_calls))
 
     def stop_writers(self, timeout: float = 90) -> None:
         self.stop.set()

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import time
 
-import pytest
-
 from eventstore import EventStore
 
 from .harness import (
@@ -18,6 +16,7 @@ from .harness import (
     IMPATIENT_SETTINGS,
     FaultCluster,
     Killer,
+    RecordProperty,
     Workload,
     check,
     log_count,
@@ -30,7 +29,7 @@ KILLING = 15.0
 
 
 def test_backend_kills_during_appends_and_projection_batches(
-    fault_cluster: FaultCluster, fault_dsn: str, record_property: pytest.RecordProperty
+    fault_cluster: FaultCluster, fault_dsn: str, record_property: RecordProperty
 ) -> None:
     work = Workload(fault_dsn)
     killer = Killer(fault_cluster, fault_dsn.rsplit("/", 1)[1], interval=(0.02, 0.15))

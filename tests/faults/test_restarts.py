@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import time
 
-import pytest
-
 from eventstore import EventStore
 
 from .harness import (
@@ -17,6 +15,7 @@ from .harness import (
     FIGURES,
     IMPATIENT_SETTINGS,
     FaultCluster,
+    RecordProperty,
     Workload,
     check,
     log_count,
@@ -29,7 +28,7 @@ WRITERS = 3
 
 
 def test_server_restarts_during_appends(
-    fault_cluster: FaultCluster, fault_dsn: str, record_property: pytest.RecordProperty
+    fault_cluster: FaultCluster, fault_dsn: str, record_property: RecordProperty
 ) -> None:
     work = Workload(fault_dsn)
     started = time.monotonic()

@@ -19,6 +19,7 @@ from .harness import (
     FIGURES,
     FaultCluster,
     Killer,
+    RecordProperty,
     Workload,
     check,
     log_count,
@@ -30,9 +31,7 @@ SECONDS = float(os.environ.get("FAULTS_SOAK_SECONDS", "75"))
 
 
 @pytest.mark.soak
-def test_soak(
-    fault_cluster: FaultCluster, fault_dsn: str, record_property: pytest.RecordProperty
-) -> None:
+def test_soak(fault_cluster: FaultCluster, fault_dsn: str, record_property: RecordProperty) -> None:
     work = Workload(fault_dsn)
     killer = Killer(fault_cluster, fault_dsn.rsplit("/", 1)[1], interval=(0.1, 0.5))
     with (
