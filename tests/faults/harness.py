@@ -27,7 +27,18 @@ from typing import Any, Final
 
 import psycopg
 
-from eventstore import EventStore, EventStoreError, NewEvent, Settings, StorageError
+from eventstore import (
+    DuplicateEventId,
+    EventStore,
+    EventStoreError,
+    IdempotencyConflict,
+    IntegrityViolation,
+    LogOrderHazard,
+    NewEvent,
+    Settings,
+    ValidationError,
+    WrongExpectedVersion,
+)
 from eventstore.schemas import CashDeposited, PortfolioOpened, Trade
 from ops.drill import PG_BIN, Cluster, run
 from projections import ProjectionError, ProjectionRunner
@@ -58,6 +69,18 @@ IMPATIENT_SETTINGS: Final = Settings(
     connect_timeout=1.0,
     retry_attempts=2,
     retry_timeout=1.0,
+)
+
+#: The store's errors that say "this request itself is refused": a keyed
+#: call is repeated after any other of the store's errors (a storage error,
+#: or an outcome the store could not know).
+NOT_REPEATABLE: Final = (
+    ValidationError,
+    IdempotencyConflict,
+    DuplicateEventId,
+    WrongExpectedVersion,
+    IntegrityViolation,
+    LogOrderHazard,
 )
 
 #: pytest's ``record_property`` fixture.
@@ -234,7 +257,8 @@ class Workload:
     ) -> Call:
         """One append; a keyed call that fails with a storage error is
         repeated (same key, same events) until it succeeds or KEYED_DEADLINE
-        passes; a call without a key is never repeated."""
+        passes (unless the error refuses the request itself); a call without
+        a key is never repeated."""
         name = f"{self.run_id}:{n}:{seq}"
         events = [
             NewEvent(type(p).EVENT_TYPE, p, {"call": name, "n": j}, uuid.uuid4())
@@ -256,7 +280,7 @@ class Workload:
                 if key is None:
                     record.outcome = "raised"
                     return record
-                if not isinstance(exc, StorageError) or time.monotonic() > deadline:
+                if isinstance(exc, NOT_REPEATABLE) or time.monotonic() > deadline:
                     record.outcome = "failed"
                     return record
                 time.sleep(0.05)

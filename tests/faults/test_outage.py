@@ -6,12 +6,13 @@ recovers, and a keyed call repeated after the outage is in the log once."""
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 import uuid
 from typing import Any
 
-from eventstore import EventStore, EventStoreError, NewEvent, Settings, StorageError
+from eventstore import EventStore, EventStoreError, NewEvent, Settings
 
 from .harness import FIGURES, FaultCluster, RecordProperty, log_count
 
@@ -19,6 +20,8 @@ BUDGET = 3.0
 #: What a call may take beyond the budget: one attempt started just before
 #: the budget ran out may still be connecting (connect_timeout).
 SLACK = 2.0
+#: What the error of a call made during the outage says (type name or message).
+UNAVAILABLE = r"unavailable|connect|unknown|outcome"
 SETTINGS = Settings(
     pool_min_size=2,
     pool_max_size=6,
@@ -95,9 +98,10 @@ def test_an_outage_longer_than_the_retry_budget(
     record_property("figures", line)
     assert set(results) == set(calls), "a call did not end within 60 s"
     for name, (seconds, exc) in results.items():
+        # StorageUnavailable today; an outcome-unknown error of the store's
+        # own may come for appends: either, saying why.
         assert isinstance(exc, EventStoreError), f"{name}: {exc!r}"
-        assert isinstance(exc, StorageError), f"{name}: {exc!r}"
-        assert "unavailable" in str(exc).lower() or "connect" in str(exc).lower(), str(exc)
+        assert re.search(UNAVAILABLE, f"{type(exc).__name__} {exc}", re.IGNORECASE), repr(exc)
         assert seconds <= BUDGET + SLACK, (
             f"{name} took {seconds:.1f} s with retry_timeout={BUDGET:g} s: {exc}"
         )
