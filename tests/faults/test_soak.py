@@ -31,6 +31,7 @@ SECONDS = float(os.environ.get("FAULTS_SOAK_SECONDS", "75"))
 
 
 @pytest.mark.soak
+@pytest.mark.timeout(SECONDS + 240)  # a longer soak gets a longer limit
 def test_soak(fault_cluster: FaultCluster, fault_dsn: str, record_property: RecordProperty) -> None:
     work = Workload(fault_dsn)
     killer = Killer(fault_cluster, fault_dsn.rsplit("/", 1)[1], interval=(0.1, 0.5))
