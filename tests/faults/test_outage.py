@@ -84,6 +84,7 @@ def test_an_outage_longer_than_the_retry_budget(
             except EventStoreError:
                 if time.monotonic() > deadline:
                     raise
+                time.sleep(0.1)
         after = [store.append(stream, probe(stream)) for _ in range(5)]
         read_back = store.read_stream(stream)
     figures = ", ".join(
