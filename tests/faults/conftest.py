@@ -53,9 +53,10 @@ def _require_tools() -> None:
         )
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def fault_cluster() -> Iterator[FaultCluster]:
-    """A private cluster for the fault tests, stopped and removed at the end."""
+    """A private cluster for the fault tests, stopped and removed when they
+    end (package scope: not left running through the rest of the suite)."""
     _require_tools()
     tmp = Path(tempfile.mkdtemp(prefix="utcp-faults-"))
     tmp.chmod(0o755)
