@@ -1,0 +1,1 @@
+"""Fault tests on a private PostgreSQL cluster (issue 9)."""
