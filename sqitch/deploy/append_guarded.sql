@@ -318,8 +318,9 @@ BEGIN
     --     below 1e-300 has its first non-zero digit at the 301st decimal or
     --     later ('0.' then at least 301 digits): a text of at most
     --     max_number_exponent characters (300) cannot hold one.
-    --   A text's length in bytes is at least its length in characters, so
-    --   its octet_length (computed anyway for the size limit) decides.
+    --   A text's length in UTF-8 bytes is at least its length in
+    --   characters, so its octet_length (computed anyway for the size
+    --   limit) decides.
     v_deep := pg_catalog.format('strict $.**{%s} ? (@.type() == "object" || @.type() == "array")',
                                 l.max_depth)::jsonpath;
     v_numbers := pg_catalog.format(
@@ -334,17 +335,18 @@ BEGIN
           FROM pg_catalog.jsonb_array_elements(p_events) WITH ORDINALITY AS x(e, ord)
     ), sized AS MATERIALIZED (
         SELECT ev.*, ev.data -> ev.tf AS t, ev.data -> 'symbol' AS s,
-               -- the texts that are measured, fingerprinted and hashed: once
-               CASE WHEN pg_catalog.jsonb_typeof(ev.data) = 'object' THEN ev.data::text END
-                   AS data_text,
-               CASE WHEN pg_catalog.jsonb_typeof(ev.meta) = 'object' THEN ev.meta::text END
-                   AS meta_text
+               -- the UTF-8 texts that are measured, fingerprinted and hashed:
+               -- made once (convert_to checks and copies the whole text)
+               CASE WHEN pg_catalog.jsonb_typeof(ev.data) = 'object'
+                    THEN pg_catalog.convert_to(ev.data::text, 'UTF8') END AS data_bytes,
+               CASE WHEN pg_catalog.jsonb_typeof(ev.meta) = 'object'
+                    THEN pg_catalog.convert_to(ev.meta::text, 'UTF8') END AS meta_bytes
           FROM ev
     ), measured AS (
-        SELECT z.*, pg_catalog.octet_length(z.data_text)
-                    + COALESCE(pg_catalog.octet_length(z.meta_text), 0) AS size,
-               pg_catalog.octet_length(z.data_text) AS data_size,
-               pg_catalog.octet_length(z.meta_text) AS meta_size
+        SELECT z.*, pg_catalog.octet_length(z.data_bytes)
+                    + COALESCE(pg_catalog.octet_length(z.meta_bytes), 0) AS size,
+               pg_catalog.octet_length(z.data_bytes) AS data_size,
+               pg_catalog.octet_length(z.meta_bytes) AS meta_size
           FROM sized z
     ), checked AS MATERIALIZED (
         SELECT c.*, CASE
@@ -447,10 +449,10 @@ BEGIN
                    || pg_catalog.string_agg(
                           COALESCE(pg_catalog.int4send(pg_catalog.octet_length(pg_catalog.convert_to(c.type, 'UTF8')))
                    || pg_catalog.convert_to(c.type, 'UTF8'), E'\\xffffffff'::bytea)
-                          || COALESCE(pg_catalog.int4send(pg_catalog.octet_length(pg_catalog.convert_to(c.data_text, 'UTF8')))
-                   || pg_catalog.convert_to(c.data_text, 'UTF8'), E'\\xffffffff'::bytea)
-                          || COALESCE(pg_catalog.int4send(pg_catalog.octet_length(pg_catalog.convert_to(c.meta_text, 'UTF8')))
-                   || pg_catalog.convert_to(c.meta_text, 'UTF8'), E'\\xffffffff'::bytea)
+                          || COALESCE(pg_catalog.int4send(pg_catalog.octet_length(c.data_bytes)) || c.data_bytes,
+                                   E'\\xffffffff'::bytea)
+                          || COALESCE(pg_catalog.int4send(pg_catalog.octet_length(c.meta_bytes)) || c.meta_bytes,
+                                   E'\\xffffffff'::bytea)
                           || COALESCE(pg_catalog.int4send(pg_catalog.octet_length(pg_catalog.convert_to(CASE WHEN (c.e ->> 'id_given')::boolean THEN pg_catalog.lower(c.id) END, 'UTF8')))
                    || pg_catalog.convert_to(CASE WHEN (c.e ->> 'id_given')::boolean THEN pg_catalog.lower(c.id) END, 'UTF8'), E'\\xffffffff'::bytea),
                           E'\\x'::bytea)
@@ -468,10 +470,10 @@ BEGIN
            pg_catalog.array_agg(
                COALESCE(pg_catalog.int4send(pg_catalog.octet_length(pg_catalog.convert_to(c.type, 'UTF8')))
                    || pg_catalog.convert_to(c.type, 'UTF8'), E'\\xffffffff'::bytea)
-               || COALESCE(pg_catalog.int4send(pg_catalog.octet_length(pg_catalog.convert_to(c.data_text, 'UTF8')))
-                   || pg_catalog.convert_to(c.data_text, 'UTF8'), E'\\xffffffff'::bytea)
-               || COALESCE(pg_catalog.int4send(pg_catalog.octet_length(pg_catalog.convert_to(c.meta_text, 'UTF8')))
-                   || pg_catalog.convert_to(c.meta_text, 'UTF8'), E'\\xffffffff'::bytea)
+               || COALESCE(pg_catalog.int4send(pg_catalog.octet_length(c.data_bytes)) || c.data_bytes,
+                                   E'\\xffffffff'::bytea)
+               || COALESCE(pg_catalog.int4send(pg_catalog.octet_length(c.meta_bytes)) || c.meta_bytes,
+                                   E'\\xffffffff'::bytea)
                || COALESCE(pg_catalog.int4send(pg_catalog.octet_length(pg_catalog.convert_to(c.s #>> '{}', 'UTF8')))
                    || pg_catalog.convert_to(c.s #>> '{}', 'UTF8'), E'\\xffffffff'::bytea)) FILTER (WHERE c.problem IS NULL)
       INTO v_problem, v_size, v_ids, v_types, v_data, v_meta, v_symbols, v_times, v_fp,
