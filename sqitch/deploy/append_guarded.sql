@@ -576,17 +576,28 @@ BEGIN
         v_hashes[n] := v_hash;
     END LOOP;
 
-    WITH written AS (
+    IF v_count = 1 THEN
+        -- One event (most appends): a plain INSERT ... RETURNING, without
+        -- the CTE, the row source and the aggregate of a batch.
         INSERT INTO utcp.stored_events AS e
                (event_id, stream_id, stream_version, type, data, metadata, symbol,
                 occurred_at, created_at, prev_hash, hash, hash_version, recorded_by)
-        SELECT v_ids[x.i], p_stream_id, v_version + x.i, v_types[x.i], v_data[x.i], v_meta[x.i],
-               v_symbols[x.i], COALESCE(v_times[x.i], v_now), v_now,
-               CASE WHEN x.i = 1 THEN v_head ELSE v_hashes[x.i - 1] END, v_hashes[x.i], 2, v_who
-          FROM pg_catalog.generate_series(1, v_count) AS x(i)
-        RETURNING e.position, e.stream_version
-    )
-    SELECT pg_catalog.array_agg(w.position ORDER BY w.stream_version) INTO v_positions FROM written w;
+        VALUES (v_ids[1], p_stream_id, v_version + 1, v_types[1], v_data[1], v_meta[1],
+                v_symbols[1], COALESCE(v_times[1], v_now), v_now, v_head, v_hashes[1], 2, v_who)
+        RETURNING ARRAY[e.position] INTO v_positions;
+    ELSE
+        WITH written AS (
+            INSERT INTO utcp.stored_events AS e
+                   (event_id, stream_id, stream_version, type, data, metadata, symbol,
+                    occurred_at, created_at, prev_hash, hash, hash_version, recorded_by)
+            SELECT v_ids[x.i], p_stream_id, v_version + x.i, v_types[x.i], v_data[x.i], v_meta[x.i],
+                   v_symbols[x.i], COALESCE(v_times[x.i], v_now), v_now,
+                   CASE WHEN x.i = 1 THEN v_head ELSE v_hashes[x.i - 1] END, v_hashes[x.i], 2, v_who
+              FROM pg_catalog.generate_series(1, v_count) AS x(i)
+            RETURNING e.position, e.stream_version
+        )
+        SELECT pg_catalog.array_agg(w.position ORDER BY w.stream_version) INTO v_positions FROM written w;
+    END IF;
 
     outcome := 'w';
     stream_id := p_stream_id;
