@@ -714,3 +714,161 @@ def test_event_content_v2_is_hash_v2s_encoding(
         row = conn.execute(query, params).fetchone()
     assert row is not None
     assert row[0] == row[1] and row[2] == row[3]
+
+
+# -- the function's shortcuts are exact (sqitch/deploy/append_guarded.sql) -----
+
+
+def nested(levels: int) -> msgspec.Raw:
+    """An object whose nesting reaches ``levels`` containers (the root
+    included), as short as JSON allows: {"":[[...]]}."""
+    return msgspec.Raw(b'{"":' + b"[" * (levels - 1) + b"]" * (levels - 1) + b"}")
+
+
+SHORTCUT_EDGES = [
+    # depth: the walk is skipped below 2 * (MAX_DEPTH + 1) characters of text
+    ("depth at the limit", nested(limits.MAX_DEPTH), None),
+    ("depth one more", nested(limits.MAX_DEPTH + 1), "nested more than"),
+    # numbers: the walk is skipped below MAX_NUMBER_EXPONENT + 1 characters
+    ("largest number", {"": 10**limits.MAX_NUMBER_EXPONENT - 1}, None),
+    ("1e300", {"": Decimal(10) ** limits.MAX_NUMBER_EXPONENT}, "out of range"),
+    ("-1e300", {"": -(Decimal(10) ** limits.MAX_NUMBER_EXPONENT)}, "out of range"),
+    ("1e-300", {"": Decimal(10) ** -limits.MAX_NUMBER_EXPONENT}, None),
+    ("1e-301", {"": Decimal(10) ** -(limits.MAX_NUMBER_EXPONENT + 1)}, "out of range"),
+    ("-1e-301", {"": -(Decimal(10) ** -(limits.MAX_NUMBER_EXPONENT + 1))}, "out of range"),
+]
+
+
+@pytest.mark.parametrize("where", ["data", "metadata"])
+@pytest.mark.parametrize(
+    ("value", "refusal"), [pytest.param(v, r, id=name) for name, v, r in SHORTCUT_EDGES]
+)
+def test_the_length_shortcuts_refuse_the_shortest_violations(
+    attacker: str, value: Any, refusal: str | None, where: str
+) -> None:
+    """The depth and number walks run only on texts long enough to hold a
+    violation: the shortest violating documents are still refused, the
+    largest legal ones accepted, in data and in metadata alike."""
+    event = {"type": "Edge", "data": {}, where: value}
+    with psycopg.connect(attacker, autocommit=True) as conn:
+        stream = f"edge-{uuid.uuid4().hex[:8]}"
+        if refusal is None:
+            raw_append(conn, stream, [event])
+            return
+        with pytest.raises(psycopg.Error) as info:
+            raw_append(conn, stream, [event])
+        assert info.value.sqlstate == "UT004", info.value
+        assert f"events[0].{where}" in str(info.value) and refusal in str(info.value)
+
+
+def test_the_length_thresholds_are_the_shortest_violating_texts(root_store: EventStore) -> None:
+    """The thresholds are tight: the shortest text that holds a violation
+    has exactly as many characters as the shortcut lets through, so no
+    violation is ever shorter (the proofs are in append_guarded.sql)."""
+    depth_path = (
+        f'strict $.**{{{limits.MAX_DEPTH}}} ? (@.type() == "object" || @.type() == "array")'
+    )
+    e = limits.MAX_NUMBER_EXPONENT
+    number_path = (
+        'strict $.** ? (@.type() == "number"'
+        f" && (@ >= 1e{e} || @ <= -1e{e} || (@ != 0 && @ > -1e-{e} && @ < 1e-{e})))"
+    )
+    deepest = "[" * (limits.MAX_DEPTH + 1) + "]" * (limits.MAX_DEPTH + 1)
+    with root_store.connection() as conn:
+        row = conn.execute(
+            "SELECT octet_length(%(deep)s::jsonb::text), jsonb_path_exists(%(deep)s::jsonb,"
+            " %(dpath)s::jsonpath), jsonb_path_exists(%(shallow)s::jsonb, %(dpath)s::jsonpath),"
+            " octet_length(%(big)s::jsonb::text), jsonb_path_exists(%(big)s::jsonb,"
+            " %(npath)s::jsonpath), octet_length(%(tiny)s::jsonb::text),"
+            " jsonb_path_exists(%(tiny)s::jsonb, %(npath)s::jsonpath)",
+            {
+                "deep": deepest,
+                "shallow": deepest[1:-1],
+                "dpath": depth_path,
+                "big": f"1e{limits.MAX_NUMBER_EXPONENT}",
+                "tiny": f"1e-{limits.MAX_NUMBER_EXPONENT + 1}",
+                "npath": number_path,
+            },
+        ).fetchone()
+    assert row == (
+        2 * (limits.MAX_DEPTH + 1),  # 65 brackets deep: 130 characters, refused
+        True,
+        False,
+        limits.MAX_NUMBER_EXPONENT + 1,  # 1e300: 301 digits, refused
+        True,
+        limits.MAX_NUMBER_EXPONENT + 3,  # 1e-301: '0.' and 301 digits
+        True,
+    )
+
+
+@pytest.mark.parametrize(
+    ("event_id", "accepted"),
+    [
+        ("0190C2A8-0000-7000-8000-00000000DEAD", True),
+        ("0190c2a8-0000-7000-8000-00000000-ead", False),  # a fifth hyphen
+        ("0190c2a8-0000-7000-8000-00000000deag", False),
+        ("0190c2a8-0000-7000-8000-00000000de d", False),
+        ("0190c2a800007000800000000000dead", False),
+        ("{0190c2a8-0000-7000-8000-00000000dea}", False),
+        ("0190c2a8-0000-7000-8000-00000000dea", False),
+        ("0190c2a8-00000-700-8000-00000000dead", False),
+    ],
+)
+def test_event_ids_are_the_canonical_uuid_form(
+    attacker: str, event_id: str, accepted: bool
+) -> None:
+    """The id check without its counted groups refuses what it refused."""
+    event = {"type": "Id", "data": {}, "id": event_id.replace("DEAD", uuid.uuid4().hex[:4])}
+    with psycopg.connect(attacker, autocommit=True) as conn:
+        stream = f"id-{uuid.uuid4().hex[:8]}"
+        if accepted:
+            raw_append(conn, stream, [event])
+            return
+        with pytest.raises(psycopg.Error) as info:
+            raw_append(conn, stream, [event])
+        assert info.value.sqlstate == "UT004" and "event_id" in str(info.value)
+
+
+def test_a_repeated_id_is_refused_whatever_its_case(attacker: str) -> None:
+    with psycopg.connect(attacker, autocommit=True) as conn:
+        with pytest.raises(psycopg.Error) as info:
+            raw_append(
+                conn,
+                f"dup-{uuid.uuid4().hex[:8]}",
+                [
+                    {"type": "Dup", "data": {}, "id": "0190c2a8-0000-7000-8000-00000000beef"},
+                    {"type": "Dup", "data": {}, "id": "0190C2A8-0000-7000-8000-00000000BEEF"},
+                ],
+            )
+        assert info.value.sqlstate == "UT004" and "appears twice" in str(info.value)
+
+
+def test_a_large_mixed_batch_keeps_its_order(attacker: str, root_store: EventStore) -> None:
+    """The function aggregates a batch without ORDER BY: each event keeps
+    its place, its own id, symbol and business time (types with and without
+    a time field of their own, interleaved)."""
+    base = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+    events = []
+    for i in range(1500):
+        when = (base + dt.timedelta(seconds=i)).isoformat().replace("+00:00", "Z")
+        if i % 3 == 0:
+            events.append({"type": "TradeExecuted", "data": trade_data(f"S{i}", when)})
+        else:
+            data = {"i": i, "occurred_at": when, "symbol": f"S{i}"}
+            events.append({"type": f"Mixed{i % 7}", "data": data})
+        events[-1]["id"] = str(uuid.uuid4())
+    stream = f"order-{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(attacker, autocommit=True) as conn:
+        raw_append(conn, stream, events)
+    with root_store.connection() as conn:
+        rows = conn.execute(
+            "SELECT stream_version, event_id::text, symbol, occurred_at, type"
+            " FROM utcp.stored_events WHERE stream_id = %s ORDER BY stream_version",
+            (stream,),
+        ).fetchall()
+    assert [r[0] for r in rows] == list(range(1, 1501))
+    assert [r[1] for r in rows] == [e["id"] for e in events]
+    assert [r[2] for r in rows] == [f"S{i}" for i in range(1500)]
+    assert [r[3] for r in rows] == [base + dt.timedelta(seconds=i) for i in range(1500)]
+    assert [r[4] for r in rows] == [e["type"] for e in events]
+    assert root_store.verify_chain(stream).ok

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+import re
 import time
 import uuid
 from decimal import Decimal
@@ -20,11 +21,13 @@ from eventstore.codec import (
     PreparedAppend,
     _encode_checked,
     _shape_problem,
+    check_stream_id,
     check_value,
     encoder,
     prepare_append,
 )
 from eventstore.events import uuid7
+from eventstore.limits import BLANK_PATTERN
 
 NOW = dt.datetime(2024, 6, 3, 14, 30, tzinfo=dt.UTC)
 
@@ -453,3 +456,35 @@ def test_the_limits_themselves_are_accepted() -> None:
             )
         ]
     )
+
+
+def test_strip_refuses_every_blank_the_database_refuses() -> None:
+    """check_identifier tests blankness with str.strip(), not BLANK_PATTERN:
+    every character the database's pattern calls blank is whitespace to
+    Python, so nothing the database refuses as blank gets past the client."""
+    blank = re.compile(BLANK_PATTERN)
+    chars = [chr(c) for c in range(0x110000) if blank.fullmatch(chr(c))]
+    assert len(chars) == 20 and all(c.isspace() for c in chars)
+    for c in chars:
+        with pytest.raises(ValidationError, match="must not be empty"):
+            check_stream_id(c * 3)
+
+
+@pytest.mark.parametrize(
+    ("value", "flagged"),
+    [
+        (10**299, False),  # 300 digits: the longest legal integer starts a walk, passes it
+        (10**300 - 1, False),
+        (10**300, True),
+        (-(10**300), True),
+        ({"n": 10**300}, True),
+        (1e-300, False),
+        (1e-301, True),  # msgspec writes an exponent: flagged at any length
+        (1e299, False),
+        ({"n": "1" * 400}, False),  # digits in a string: hinted, not a number
+        ({"n": 0}, False),
+    ],
+)
+def test_the_number_hint_is_exact_at_its_length_boundary(value: Any, flagged: bool) -> None:
+    encoded = encoder.encode(value)
+    assert (_shape_problem(encoded) is not None) is flagged
