@@ -516,12 +516,13 @@ def check(work: Workload, dsn: str) -> Outcome:
     verify = eventstore_cli("verify", "--json", "--dsn", dsn)
     out.verify_ok = verify.returncode == 0
     try:
-        report = json.loads(verify.stdout)
+        # JSON lines: one per problem, then the summary.
+        report = json.loads(verify.stdout.strip().splitlines()[-1])
         out.verify_detail = (
-            f"{report['events_checked']} events, {len(report['problems'])} problems, "
-            f"{len(report['anchor_problems'])} anchor problems"
+            f"{report['events_checked']} events, {report['streams_checked']} streams, "
+            f"{report['anchors_checked']} anchors, {report['problems']} problems"
         )
-    except (ValueError, KeyError):
+    except (ValueError, KeyError, IndexError):
         out.verify_detail = (verify.stdout + verify.stderr).strip()[:300]
     return out
 
