@@ -16,6 +16,7 @@ from __future__ import annotations
 import datetime as dt
 import math
 import re
+import unicodedata
 import uuid
 from collections.abc import Mapping, Sequence
 from decimal import Decimal
@@ -26,6 +27,7 @@ import msgspec
 from .errors import ValidationError
 from .events import EventRegistry, NewEvent, uuid7
 from .limits import (
+    CONTROL_PATTERN,
     MAX_BATCH_BYTES,
     MAX_DEPTH,
     MAX_ID_LENGTH,
@@ -50,7 +52,7 @@ __all__ = [
 encoder: Final = msgspec.json.Encoder(decimal_format="string", order="sorted")
 
 TYPE_NAME: Final = re.compile(TYPE_PATTERN)
-_CONTROL: Final = re.compile(r"[\x00-\x1f\x7f]")
+_CONTROL: Final = re.compile(CONTROL_PATTERN)
 _TIME: Final = re.compile(TIME_PATTERN)
 _NUMBER_MAX: Final = Decimal(10) ** MAX_NUMBER_EXPONENT
 _NUMBER_MIN: Final = Decimal(10) ** -MAX_NUMBER_EXPONENT
@@ -102,10 +104,25 @@ def check_identifier(value: object, field: str, *, what: str, **ctx: Any) -> str
         raise _fail(f"{what} must not be empty", field, **ctx)
     if len(value) > MAX_ID_LENGTH:
         raise _fail(f"{what} is longer than {MAX_ID_LENGTH} characters", field, **ctx)
-    if _CONTROL.search(value):
-        raise _fail(f"{what} must not contain control characters (NUL included)", field, **ctx)
-    if not value.isascii() and not _is_utf8(value):
-        raise _fail(f"{what} is not valid Unicode (lone surrogate)", field, **ctx)
+    if "\x00" in value or _CONTROL.search(value):
+        raise _fail(
+            f"{what} must not contain control, invisible or bidirectional formatting "
+            "characters (NUL, C0 and C1 controls, zero-width and bidi controls)",
+            field,
+            **ctx,
+        )
+    if not value.isascii():
+        if not _is_utf8(value):
+            raise _fail(f"{what} is not valid Unicode (lone surrogate)", field, **ctx)
+        # Two spellings of one name must not be two ids: only the composed
+        # form (NFC) is accepted, so what looks the same is the same.
+        if not unicodedata.is_normalized("NFC", value):
+            raise _fail(
+                f"{what} must be in Unicode normal form NFC "
+                "(unicodedata.normalize('NFC', ...) gives it)",
+                field,
+                **ctx,
+            )
     return value
 
 
@@ -369,6 +386,28 @@ def _payload(
     return data
 
 
+def _check_time_field(
+    type_name: str,
+    registry: EventRegistry,
+    time_fields: Mapping[str, str],
+    where: str,
+    ctx: dict[str, Any],
+) -> None:
+    schema = registry.get(type_name)
+    if schema is None or schema.time_field is None:
+        return
+    known = time_fields.get(type_name, "occurred_at")
+    if schema.time_field != known:
+        raise _fail(
+            f"{type_name} is registered with business time {schema.time_field!r}, but the "
+            f"database takes {known!r} for it: the schema's owner adds "
+            f"({type_name!r}, {schema.time_field!r}) to utcp.event_time_fields "
+            "(a Sqitch change) before such events are appended",
+            where,
+            **ctx,
+        )
+
+
 def prepare_append(
     stream_id: str,
     events: Sequence[NewEvent],
@@ -377,8 +416,14 @@ def prepare_append(
     idempotency_key: str | None,
     max_event_bytes: int,
     max_batch_events: int,
+    time_fields: Mapping[str, str] | None = None,
 ) -> PreparedAppend:
-    """Validate and encode a whole batch; raise before anything is written."""
+    """Validate and encode a whole batch; raise before anything is written.
+
+    ``time_fields``: the business-time field of each type as the database
+    derives it (utcp.event_time_fields; other types: ``occurred_at``). A
+    registered type that names another time field is refused: the database
+    would index its events at another time than the one validated here."""
     ctx: dict[str, Any] = {"stream_id": stream_id, "idempotency_key": idempotency_key}
     check_identifier(stream_id, "stream_id", what="stream id", **ctx)
     if idempotency_key is not None:
@@ -415,6 +460,8 @@ def prepare_append(
                     f"{where}.type",
                     **ctx,
                 )
+            if time_fields is not None:
+                _check_time_field(event.type, registry, time_fields, f"{where}.type", ctx)
             types.add(event.type)
         try:
             data = _payload(event, registry, where, ctx, symbols)

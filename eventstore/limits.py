@@ -26,6 +26,7 @@ from typing import Final
 
 __all__ = [
     "BLANK_PATTERN",
+    "CONTROL_PATTERN",
     "MAX_AMOUNT_DIGITS",
     "MAX_BATCH_BYTES",
     "MAX_BATCH_EVENTS",
@@ -83,6 +84,17 @@ TIME_PATTERN: Final = (
 #: What counts as blank in an identifier once control characters are
 #: refused: the rest of what Python's str.strip() removes.
 BLANK_PATTERN: Final = r"[ \u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*"
+#: What no identifier (stream id, idempotency key, symbol) may contain
+#: (``re.search`` here, ``~`` in SQL): C0 controls, DEL and C1 controls, and
+#: the invisible and bidirectional formatting characters that make two ids
+#: look alike or reorder what a terminal shows (soft hyphen, Arabic letter
+#: mark, Mongolian vowel separator, zero-width spaces and joiners, LRM/RLM,
+#: embeddings, overrides and isolates, word joiner and invisible operators,
+#: BOM). NUL is refused before this (PostgreSQL text cannot hold it).
+CONTROL_PATTERN: Final = (
+    r"[\x01-\x1f\x7f-\x9f\u00ad\u061c\u180e\u200b-\u200f\u202a-\u202e"
+    r"\u2060-\u2064\u2066-\u2069\ufeff]"
+)
 #: The largest offset from UTC PostgreSQL accepts in a timestamp.
 MAX_UTC_OFFSET: Final = dt.timedelta(hours=15, minutes=59)
 

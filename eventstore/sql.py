@@ -112,6 +112,10 @@ SELECT to_regclass('utcp.stored_events') IS NOT NULL,
        to_regclass('utcp.idempotency_keys') IS NOT NULL,
        to_regprocedure('utcp.append_events(text, bigint, text, uuid, jsonb)') IS NOT NULL"""
 
+# Each type's business-time field as the database derives it (the rest:
+# the payload's occurred_at).
+TIME_FIELDS: Final = "SELECT type, time_field FROM utcp.event_time_fields"
+
 # A logical restore into a new cluster leaves stored transaction ids ahead
 # of the cluster's counter (DESIGN.md §4, "Restores").
 XID_HAZARD: Final = """

@@ -7,7 +7,7 @@ import logging
 import os
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from types import TracebackType
 from typing import Any, Final
@@ -310,10 +310,14 @@ class EventStore:
         settings: Settings,
         registry: EventRegistry,
         guard: _OrderGuard | None = None,
+        time_fields: Mapping[str, str] | None = None,
     ) -> None:
         self._pool = pool
         self.settings = settings
         self.registry = registry
+        #: Each type's business-time field as the database derives it
+        #: (utcp.event_time_fields): registered types must agree with it.
+        self._time_fields = time_fields
         self._guard = guard if guard is not None else _OrderGuard(settings.round_trip_timeout)
         channel = settings.notify_channel
         self._notifier = (
@@ -397,6 +401,7 @@ class EventStore:
                 with watchdog.guard(conn, settings.round_trip_timeout):
                     cls._check_schema(conn)
                     order_guard.check(conn)
+                    time_fields = dict(conn.execute(sql.TIME_FIELDS).fetchall())
             except psycopg.Error as exc:  # connected: not a connection problem
                 raise map_error(exc, "open") from exc
         pool = LifoConnectionPool(
@@ -418,7 +423,7 @@ class EventStore:
             raise StorageUnavailable(
                 f"could not open {settings.pool_min_size} connections: {exc}", operation="open"
             ) from exc
-        return cls(pool, settings, registry, order_guard)
+        return cls(pool, settings, registry, order_guard, time_fields)
 
     @staticmethod
     def _check_schema(conn: psycopg.Connection[Any]) -> None:
@@ -525,6 +530,7 @@ class EventStore:
             idempotency_key=idempotency_key,
             max_event_bytes=self.settings.max_event_bytes,
             max_batch_events=self.settings.max_batch_events,
+            time_fields=self._time_fields,
         )
         # Fixed before the first attempt, shared by the retries: it tells a
         # retry its own earlier commit from another call's.

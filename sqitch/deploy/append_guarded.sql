@@ -27,7 +27,8 @@ CREATE FUNCTION utcp.log_limits(
     OUT max_id_length int, OUT max_type_length int, OUT max_event_bytes bigint,
     OUT max_batch_events int, OUT max_batch_bytes bigint, OUT max_depth int,
     OUT max_number_exponent int, OUT earliest timestamptz, OUT latest timestamptz,
-    OUT type_pattern text, OUT time_pattern text, OUT blank_pattern text)
+    OUT type_pattern text, OUT time_pattern text, OUT blank_pattern text,
+    OUT control_pattern text)
 LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
 SET search_path = pg_catalog, pg_temp
 AS $$
@@ -49,6 +50,10 @@ BEGIN
                     || E'T([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](\\.[0-9][0-9]?[0-9]?[0-9]?[0-9]?[0-9]?)?'
                     || E'(Z|[+-](0[0-9]|1[0-5]):[0-5][0-9])$';
     blank_pattern := E'^[ \\u0085\\u00a0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000]*$';
+    -- What no identifier may contain: C0, DEL and C1 controls, and the
+    -- invisible and bidirectional formatting characters (limits.CONTROL_PATTERN).
+    control_pattern := E'[\\x01-\\x1f\\x7f-\\x9f\\u00ad\\u061c\\u180e\\u200b-\\u200f\\u202a-\\u202e'
+                       || E'\\u2060-\\u2064\\u2066-\\u2069\\ufeff]';
 END $$;
 
 -- The business time of an event is its type's own time field here
@@ -164,7 +169,8 @@ BEGIN
         RETURN;
     END IF;
     IF k.fingerprint IS DISTINCT FROM p_fingerprint OR k.stream_id IS DISTINCT FROM p_stream_id THEN
-        RAISE EXCEPTION 'idempotency key % was already used for a different request', p_key
+        RAISE EXCEPTION 'idempotency key % was already used for a different request '
+                        '(another stream, other content, or another role''s)', p_key
             USING ERRCODE = 'UT005',
                   HINT = 'Use a new key for a new request.';
     END IF;
@@ -224,6 +230,8 @@ LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 -- Its statements take the same shape of parameters on every call: plan them once.
 SET plan_cache_mode = force_generic_plan
+-- float8 as text in its shortest exact form, whatever the caller set.
+SET extra_float_digits = 1
 AS $$
 DECLARE
     l           record;
@@ -251,6 +259,7 @@ DECLARE
     v_who       text := session_user;
     v_deep      jsonpath;
     v_numbers   jsonpath;
+    v_fractions jsonpath := 'strict $.** ? (@.type() == "number" && @ != @.floor())';
     n           int;
     r           record;
 BEGIN
@@ -261,13 +270,17 @@ BEGIN
         WHEN p_stream_id IS NULL OR p_stream_id ~ l.blank_pattern THEN 'stream_id: stream id must not be empty'
         WHEN pg_catalog.char_length(p_stream_id) > l.max_id_length
             THEN pg_catalog.format('stream_id: stream id is longer than %s characters', l.max_id_length)
-        WHEN p_stream_id ~ E'[\\x01-\\x1f\\x7f]'
-            THEN 'stream_id: stream id must not contain control characters'
+        WHEN p_stream_id ~ l.control_pattern
+            THEN 'stream_id: stream id must not contain control, invisible or bidirectional formatting characters'
+        WHEN p_stream_id IS NOT NFC NORMALIZED
+            THEN 'stream_id: stream id must be in Unicode normal form NFC'
         WHEN p_key ~ l.blank_pattern THEN 'idempotency_key: idempotency key must not be empty'
         WHEN pg_catalog.char_length(p_key) > l.max_id_length
             THEN pg_catalog.format('idempotency_key: idempotency key is longer than %s characters', l.max_id_length)
-        WHEN p_key ~ E'[\\x01-\\x1f\\x7f]'
-            THEN 'idempotency_key: idempotency key must not contain control characters'
+        WHEN p_key ~ l.control_pattern
+            THEN 'idempotency_key: idempotency key must not contain control, invisible or bidirectional formatting characters'
+        WHEN p_key IS NOT NFC NORMALIZED
+            THEN 'idempotency_key: idempotency key must be in Unicode normal form NFC'
         WHEN p_request_id IS NULL THEN 'request_id: a request id is required'
         WHEN pg_catalog.jsonb_typeof(p_events) IS DISTINCT FROM 'array'
             THEN 'events: events must be a JSON array'
@@ -403,13 +416,32 @@ BEGIN
                     'events[%s].metadata: a number is out of range (non-zero numbers must be '
                     'between 1e-%s and 1e%s in absolute value)',
                     c.ord - 1, l.max_number_exponent, l.max_number_exponent)
+            -- A non-integer reads back as a double (msgspec, like most JSON
+            -- readers): one that a double does not hold exactly, to its
+            -- shortest form, would be kept here and read back changed.
+            -- (Integers read back exactly; numbers out of range were refused
+            -- above, so the cast cannot overflow.)
+            WHEN EXISTS (SELECT FROM pg_catalog.jsonb_path_query(c.data, v_fractions) AS n(v)
+                          WHERE (n.v #>> '{}')::numeric
+                                OPERATOR(pg_catalog.<>) ((n.v #>> '{}')::float8::text)::numeric)
+                THEN pg_catalog.format(
+                    'events[%s].data: a number has more significant digits than a reader '
+                    'decodes exactly (a double: about 15 to 17); send it as a string', c.ord - 1)
+            WHEN EXISTS (SELECT FROM pg_catalog.jsonb_path_query(c.meta, v_fractions) AS n(v)
+                          WHERE (n.v #>> '{}')::numeric
+                                OPERATOR(pg_catalog.<>) ((n.v #>> '{}')::float8::text)::numeric)
+                THEN pg_catalog.format(
+                    'events[%s].metadata: a number has more significant digits than a reader '
+                    'decodes exactly (a double: about 15 to 17); send it as a string', c.ord - 1)
             WHEN pg_catalog.jsonb_typeof(c.s) NOT IN ('string', 'null')
                  OR (c.s #>> '{}') ~ l.blank_pattern
                  OR pg_catalog.char_length(c.s #>> '{}') > l.max_id_length
-                 OR (c.s #>> '{}') ~ E'[\\x01-\\x1f\\x7f]'
+                 OR (c.s #>> '{}') ~ l.control_pattern
+                 OR (c.s #>> '{}') IS NOT NFC NORMALIZED
                 THEN pg_catalog.format(
                     'events[%s].data.symbol: symbol must be non-empty text of at most %s '
-                    'characters, without control characters', c.ord - 1, l.max_id_length)
+                    'characters in Unicode NFC, without control, invisible or bidirectional '
+                    'formatting characters', c.ord - 1, l.max_id_length)
             WHEN CASE WHEN c.t IS NULL OR pg_catalog.jsonb_typeof(c.t) = 'null' THEN false
                       WHEN pg_catalog.jsonb_typeof(c.t) <> 'string'
                            OR (c.t #>> '{}') !~ l.time_pattern THEN true
@@ -440,10 +472,14 @@ BEGIN
            pg_catalog.array_agg(c.s #>> '{}'),
            pg_catalog.array_agg(CASE WHEN c.problem IS NULL THEN (c.t #>> '{}')::timestamptz END),
            CASE WHEN p_key IS NOT NULL THEN
-               -- The request, length-prefixed (utcp.hash_field): the stream, then
-               -- each event's type, data, metadata, and its id only where the
-               -- caller chose it (generated ids differ between retries).
-               pg_catalog.sha256(pg_catalog.convert_to('utcp-request-v1', 'UTF8')
+               -- The request, length-prefixed (utcp.hash_field): the role that
+               -- makes it (a key claimed by one role never answers for
+               -- another's request), the stream, then each event's type, data,
+               -- metadata, and its id only where the caller chose it
+               -- (generated ids differ between retries).
+               pg_catalog.sha256(pg_catalog.convert_to('utcp-request-v2', 'UTF8')
+                   || pg_catalog.int4send(pg_catalog.octet_length(pg_catalog.convert_to(v_who, 'UTF8')))
+                   || pg_catalog.convert_to(v_who, 'UTF8')
                    || COALESCE(pg_catalog.int4send(pg_catalog.octet_length(pg_catalog.convert_to(p_stream_id, 'UTF8')))
                    || pg_catalog.convert_to(p_stream_id, 'UTF8'), E'\\xffffffff'::bytea)
                    || pg_catalog.string_agg(
@@ -617,6 +653,12 @@ GRANT EXECUTE ON FUNCTION utcp.log_limits()
 -- Keys and fingerprints are the writers' business, not every role's: only
 -- operators (and superusers) read them.
 REVOKE SELECT ON utcp.idempotency_keys FROM utcp_reader, utcp_writer, utcp_projector;
+-- Nothing in utcp is PUBLIC's: the scheme-1 content function keeps its
+-- grants to the groups, the trigger function needs none (a trigger calls it
+-- whatever the session's rights).
+REVOKE ALL ON FUNCTION utcp.event_content(uuid, text, bigint, text, jsonb, jsonb, text,
+                                          timestamptz, timestamptz) FROM PUBLIC;
+REVOKE ALL ON FUNCTION utcp.refuse_change() FROM PUBLIC;
 GRANT SELECT ON utcp.idempotency_keys TO utcp_operator;
 
 COMMIT;

@@ -6,6 +6,9 @@ BEGIN;
 
 REVOKE SELECT ON utcp.idempotency_keys FROM utcp_operator;
 GRANT SELECT ON utcp.idempotency_keys TO utcp_reader, utcp_writer, utcp_projector;
+GRANT EXECUTE ON FUNCTION utcp.event_content(uuid, text, bigint, text, jsonb, jsonb, text,
+                                            timestamptz, timestamptz) TO PUBLIC;
+GRANT EXECUTE ON FUNCTION utcp.refuse_change() TO PUBLIC;
 
 DROP FUNCTION utcp.append_events(text, bigint, text, uuid, jsonb);
 DROP FUNCTION utcp.idempotent_result(text, text, bytea);

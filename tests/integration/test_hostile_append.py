@@ -335,7 +335,8 @@ def test_the_databases_limits_are_the_clients(root_store: EventStore) -> None:
         row = conn.execute("SELECT * FROM utcp.log_limits()").fetchone()
     assert row is not None
     (ids, type_length, event, batch, batch_bytes, depth, exponent, earliest, latest) = row[:9]
-    types, times, blank = row[9:]
+    types, times, blank, control = row[9:]
+    assert control == limits.CONTROL_PATTERN
     assert ids == limits.MAX_ID_LENGTH
     assert type_length == limits.MAX_TYPE_LENGTH
     assert event == limits.MAX_EVENT_BYTES == Settings().max_event_bytes
@@ -371,6 +372,16 @@ def test_the_databases_limits_are_the_clients(root_store: EventStore) -> None:
                 row = conn.execute("SELECT %s::text ~ %s", (sample, pattern)).fetchone()
                 assert row is not None
                 assert row[0] == bool(re.fullmatch(pattern[1:-1], sample)), (pattern, sample)
+        # what no identifier may contain: every character of the class, its
+        # neighbours outside it, and plain text
+        codes = [0x01, 0x1F, 0x20, 0x7E, 0x7F, 0x9F, 0xA0, 0xAD, 0x61C, 0x180E, 0x200A, 0x200B]
+        codes += [0x200F, 0x2010, 0x202A, 0x202E, 0x202F, 0x2060, 0x2064, 0x2065, 0x2066]
+        codes += [0x2069, 0x206A, 0xFEFF, 0xFEFE, ord("é")]
+        for code in codes:
+            sample = f"portfolio-{chr(code)}42"
+            row = conn.execute("SELECT %s::text ~ %s", (sample, control)).fetchone()
+            assert row is not None
+            assert row[0] == bool(re.search(control, sample)), hex(code)
 
 
 @pytest.mark.parametrize(

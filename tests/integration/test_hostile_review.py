@@ -17,7 +17,7 @@ import msgspec
 import psycopg
 import pytest
 
-from eventstore import EventStore, IdempotencyConflict, NewEvent, Settings
+from eventstore import EventStore, IdempotencyConflict, NewEvent, Settings, ValidationError
 from eventstore.events import EventRegistry
 from tests.integration.conftest import login_role, run_cli
 
@@ -151,7 +151,15 @@ def test_cli_output_carries_no_terminal_controls_from_the_log(database_dsn: str)
                         "data": {"text": f"{tag}\u009b31m\u0085forged\u202e"},
                     }
                 ]
+                if stream != streams[-1]:
+                    # Identifiers with C1 or bidirectional controls are refused
+                    # by the database itself.
+                    with pytest.raises(psycopg.Error) as refused:
+                        conn.execute(APPEND, (stream, None, None, uuid.uuid4(), json.dumps(events)))
+                    assert refused.value.sqlstate == "UT004"
+                    continue
                 conn.execute(APPEND, (stream, None, None, uuid.uuid4(), json.dumps(events)))
+        streams = streams[-1:]  # payload strings may hold them: the CLI must escape
         with login_role(database_dsn, "utcp_reader") as reader:
             shown = run_cli("tail", "--dsn", reader, "--limit", "100000").stdout
             shown += run_cli("read", "--dsn", reader, streams[0]).stdout
@@ -201,31 +209,48 @@ class _OrderPlaced(msgspec.Struct, frozen=True, kw_only=True):
 
 
 def test_registered_time_field_is_the_business_time(writer_dsn: str) -> None:
-    """Not an attack, a discrepancy the review found: EventRegistry.register
-    takes a ``time_field`` for any type, and the client validates it as the
-    business time, but the database now derives ``occurred_at`` only from
-    its fixed table utcp.event_time_fields (the six built-in types), else
-    ``data.occurred_at``, else the insert's clock. An application's own
-    type with ``time_field="placed_at"`` is indexed at the time it was
-    recorded: find_events(since=..., until=...) over business time misses
-    it. Expected: the registered time field is the one the database uses
-    (or register() refuses a time_field the database does not know)."""
+    """A discrepancy the review found: EventRegistry.register takes a
+    ``time_field`` for any type and the client validates it as the business
+    time, but the database derives ``occurred_at`` from its own table,
+    utcp.event_time_fields (else ``data.occurred_at``, else the insert's
+    clock): such a type was indexed at the time it was recorded, and
+    find_events over business time missed it. Now an append of a registered
+    type whose time field the database does not take is refused, naming
+    the table to extend, and nothing is written (test_hostile_append shows a
+    type the table knows indexed at its own time)."""
     registry = EventRegistry()
     registry.register("ReviewOrderPlaced", _OrderPlaced, time_field="placed_at")
     placed = dt.datetime(2001, 2, 3, 4, 5, 6, tzinfo=dt.UTC)
     stream = f"orders-{uuid.uuid4().hex[:8]}"
+    event = _OrderPlaced(order_id="o-1", symbol="AAPL", placed_at=placed)
     with EventStore.open(writer_dsn, SETTINGS, registry=registry) as store:
-        store.append(
-            stream,
-            [
-                NewEvent(
-                    "ReviewOrderPlaced",
-                    _OrderPlaced(order_id="o-1", symbol="AAPL", placed_at=placed),
-                )
-            ],
-        )
-        stored = store.read_stream(stream)[0]
-    assert stored.occurred_at == placed, (
-        f"registered time field placed_at={placed.isoformat()}, "
-        f"indexed occurred_at={stored.occurred_at.isoformat()}"
-    )
+        with pytest.raises(ValidationError) as info:
+            store.append(stream, [NewEvent("ReviewOrderPlaced", event)])
+        assert info.value.field == "events[0].type"
+        assert "utcp.event_time_fields" in str(info.value) and "placed_at" in str(info.value)
+        assert store.read_stream(stream) == []
+
+
+@pytest.mark.parametrize(
+    ("stream", "key"),
+    [
+        ("portfolio-Ame\u0301lie", None),  # decomposed: looks like portfolio-Amélie
+        ("portfolio-\u200b42", None),  # zero-width space
+        ("portfolio-42", "order-\u2066-1"),  # bidi isolate in the key
+        ("portfolio-42", "cafe\u0301"),
+    ],
+)
+def test_lookalike_identifiers_are_refused_by_the_database(
+    database_dsn: str, stream: str, key: str | None
+) -> None:
+    """Ids that look the same but differ (Unicode normalisation, invisible
+    or bidirectional characters) would write twice: the database refuses
+    them whoever calls it, as the client does first."""
+    events = [{"id": str(uuid.uuid4()), "type": "Note", "data": {"text": "x"}}]
+    with (
+        login_role(database_dsn, "utcp_writer", own_schema=True) as writer,
+        psycopg.connect(writer, autocommit=True) as conn,
+        pytest.raises(psycopg.Error) as refused,
+    ):
+        conn.execute(APPEND, (stream, None, key, uuid.uuid4(), json.dumps(events)))
+    assert refused.value.sqlstate == "UT004"

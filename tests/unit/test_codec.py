@@ -95,10 +95,24 @@ def trade_dict(**changes: Any) -> dict[str, Any]:
         ({"key": ""}, "idempotency_key"),
         ({"key": "k\x00"}, "idempotency_key"),
         ({"key": "k" * 201}, "idempotency_key"),
+        # C1 controls, bidirectional and invisible formatting characters
+        ({"stream": "portfolio-\u0085x"}, "stream_id"),
+        ({"stream": "portfolio-\u202e42"}, "stream_id"),
+        ({"stream": "portfolio-\u200b42"}, "stream_id"),
+        ({"stream": "\ufeffportfolio-42"}, "stream_id"),
+        ({"key": "order-\u2066-1"}, "idempotency_key"),
+        # two spellings of one name: only the composed one (NFC)
+        ({"stream": "portfolio-Ame\u0301lie"}, "stream_id"),
+        ({"key": "cafe\u0301"}, "idempotency_key"),
     ],
 )
 def test_identifiers(kwargs: dict[str, Any], field: str) -> None:
     assert field_of([NewEvent("A", {})], **kwargs) == field
+
+
+def test_composed_and_plain_non_ascii_identifiers_are_accepted() -> None:
+    prepare([NewEvent("A", {})], stream="portfolio-Am\u00e9lie", key="caf\u00e9")
+    prepare([NewEvent("A", {})], stream="portfolio-\u682a\u5f0f")
 
 
 def test_identifier_limits_are_inclusive() -> None:
