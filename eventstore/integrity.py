@@ -407,39 +407,22 @@ def _hash_of(row: tuple[Any, ...]) -> bytes | None:
         :11
     ]
     scheme, prev_hash = row[12], row[13]
+    fields = {
+        "event_id": event_id,
+        "stream_id": stream_id,
+        "stream_version": version,
+        "type_": type_,
+        "data": data,
+        "metadata": metadata,
+        "symbol": symbol,
+        "occurred_epoch": occurred,
+        "created_epoch": created,
+    }
     try:
         if scheme == 1:
-            content = _SEPARATOR.join(
-                (
-                    event_id,
-                    stream_id,
-                    version,
-                    type_,
-                    data,
-                    metadata if metadata is not None else "",
-                    symbol if symbol is not None else "",
-                    occurred,
-                    created,
-                )
-            ).encode()
+            content = event_content_v1(**fields)
         elif scheme == 2:
-            content = _V2_TAG + b"".join(
-                map(
-                    _field,
-                    (
-                        event_id,
-                        stream_id,
-                        version,
-                        type_,
-                        data,
-                        metadata,
-                        symbol,
-                        _micros(occurred),
-                        _micros(created),
-                        row[11],
-                    ),
-                )
-            )
+            content = event_content_v2(**fields, recorded_by=row[11])
         else:
             return None
     except (InvalidOperation, ValueError, OverflowError, TypeError, AttributeError):
