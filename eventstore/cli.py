@@ -158,7 +158,12 @@ def parse_json_object(text: str, option: str) -> dict[str, Any]:
     """
     field = option.lstrip("-")
     try:
-        value = msgspec.json.decode(text)
+        # Bytes that are not UTF-8 reach argv as lone surrogates (PEP 383).
+        encoded = text.encode()
+    except UnicodeEncodeError:
+        raise ValidationError(f"{option} is not valid UTF-8", field=field) from None
+    try:
+        value = msgspec.json.decode(encoded)
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
         raise ValidationError(f"{option} is not valid JSON: {exc}", field=field) from exc
     except RecursionError:

@@ -13,6 +13,7 @@ field named, and never sends what the database derives.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import math
 import re
@@ -167,6 +168,8 @@ def _finite_numbers(value: Any) -> bool:
                 return False
         elif isinstance(item, msgspec.Struct):
             stack.extend(getattr(item, name) for name in item.__struct_fields__)
+        elif dataclasses.is_dataclass(item) and not isinstance(item, type):
+            stack.extend(getattr(item, f.name) for f in dataclasses.fields(item))
         else:
             return False
     return True
@@ -273,6 +276,10 @@ def check_value(value: Any, path: str, ctx: dict[str, Any]) -> None:
         elif isinstance(item, msgspec.Struct):
             for name in item.__struct_fields__:
                 stack.append((getattr(item, name), f"{where}.{name}" if where else name))
+        elif dataclasses.is_dataclass(item) and not isinstance(item, type):
+            # msgspec encodes dataclasses too: a NaN in one would become null
+            for f in dataclasses.fields(item):
+                stack.append((getattr(item, f.name), f"{where}.{f.name}" if where else f.name))
         elif isinstance(item, dt.datetime | dt.date | dt.time | uuid.UUID | bytes):
             continue
         else:

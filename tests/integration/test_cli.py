@@ -68,6 +68,26 @@ def unique_type() -> str:
 # -- append and read ----------------------------------------------------------
 
 
+def test_data_that_is_not_utf8_is_one_line(database_dsn: str, stream: str) -> None:
+    """Bytes that are not UTF-8 in --data (they reach argv as surrogates):
+    one line and exit 1, never a traceback; nothing written."""
+    proc = run_cli(
+        "append",
+        stream,
+        "Note",
+        "--data",
+        os.fsdecode(b'{"a": "\xff"}'),
+        "--dsn",
+        database_dsn,
+        check=False,
+    )
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines() == [
+        "eventstore: error: --data is not valid UTF-8 (field='data')"
+    ]
+    assert "Traceback" not in proc.stderr
+
+
 def test_append_and_read_round_trip(database_dsn: str, stream: str, store: EventStore) -> None:
     out = ok(
         database_dsn,

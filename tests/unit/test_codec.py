@@ -3,6 +3,7 @@ refusal names, the idempotency fingerprint, the wire payload, and uuid7."""
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import math
 import re
@@ -502,3 +503,23 @@ def test_strip_refuses_every_blank_the_database_refuses() -> None:
 def test_the_number_hint_is_exact_at_its_length_boundary(value: Any, flagged: bool) -> None:
     encoded = encoder.encode(value)
     assert (_shape_problem(encoded) is not None) is flagged
+
+
+@dataclasses.dataclass
+class _Reading:
+    value: float
+
+
+@pytest.mark.parametrize(
+    ("data", "field"),
+    [
+        ({"p": _Reading(math.nan)}, "events[0].data.p.value"),
+        ({"p": [_Reading(1.0), _Reading(-math.inf)]}, "events[0].data.p[1].value"),
+    ],
+)
+def test_nan_inside_a_dataclass_is_refused_not_stored_as_null(
+    data: dict[str, Any], field: str
+) -> None:
+    """msgspec writes a dataclass's NaN as null: silently changed data."""
+    assert field_of([NewEvent("A", data)]) == field
+    prepare([NewEvent("A", {"p": _Reading(1.5)})])
