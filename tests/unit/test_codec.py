@@ -28,7 +28,7 @@ from eventstore.codec import (
     prepare_append,
 )
 from eventstore.events import uuid7
-from eventstore.limits import BLANK_PATTERN
+from eventstore.limits import BLANK_PATTERN, MAX_BATCH_BYTES
 
 NOW = dt.datetime(2024, 6, 3, 14, 30, tzinfo=dt.UTC)
 
@@ -523,3 +523,15 @@ def test_nan_inside_a_dataclass_is_refused_not_stored_as_null(
     """msgspec writes a dataclass's NaN as null: silently changed data."""
     assert field_of([NewEvent("A", data)]) == field
     prepare([NewEvent("A", {"p": _Reading(1.5)})])
+
+
+def test_a_batch_beyond_the_total_limit_is_refused_before_it_is_all_encoded() -> None:
+    """300 events of ~1 MB went to the database and failed there after
+    seconds and 1.4 GB of client memory: the batch's total is bounded, and
+    the refusal names the first event past it."""
+    blob = "x" * 1_000_000
+    events = [NewEvent("A", {"blob": blob}) for _ in range(300)]
+    with pytest.raises(ValidationError) as info:
+        prepare(events, max_event_bytes=1_048_576, max_batch_events=10_000)
+    assert info.value.field == f"events[{MAX_BATCH_BYTES // 1_000_012}]"
+    assert str(MAX_BATCH_BYTES) in str(info.value)
