@@ -444,8 +444,10 @@ class ProjectionRunner:
                 listener.execute(
                     psycopg.sql.SQL("LISTEN {}").format(psycopg.sql.Identifier(self.channel))
                 )
+            woken_at: float | None = None
             while not stop.is_set():
-                self.catch_up(stop, progress=progress, pausable=True)
+                if self.catch_up(stop, progress=progress, pausable=True):
+                    woken_at = None
                 if stop.is_set():
                     break
                 if self.pause_requested():
@@ -456,26 +458,37 @@ class ProjectionRunner:
                     if not self.acquire(stop):
                         break
                     continue
-                self._idle(listener, stop)
+                interval = self.poll_interval
+                if woken_at is not None and time.monotonic() - woken_at < self.poll_interval:
+                    # Woken, but nothing was readable yet: an older transaction
+                    # somewhere in the cluster holds the readers' horizon.
+                    # Look again soon rather than a whole poll interval later.
+                    interval = min(interval, WAKE_SLICE)
+                if self._idle(listener, stop, interval):
+                    woken_at = time.monotonic()
         finally:
             if listener is not None:
                 listener.close()
             self.release()
 
-    def _idle(self, listener: psycopg.Connection[Any] | None, stop: threading.Event) -> None:
-        """Wait for a notification or the poll interval, in WAKE_SLICE steps,
-        returning early when ``stop`` is set or a rebuild queues for the lock."""
-        deadline = time.monotonic() + self.poll_interval
+    def _idle(
+        self, listener: psycopg.Connection[Any] | None, stop: threading.Event, interval: float
+    ) -> bool:
+        """Wait for a notification or ``interval`` seconds, in WAKE_SLICE
+        steps, returning early when ``stop`` is set or a rebuild asks for the
+        lease. True when a notification ended the wait."""
+        deadline = time.monotonic() + interval
         while not stop.is_set():
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                return
+                return False
             step = min(remaining, WAKE_SLICE)
             if listener is not None:
                 if any(True for _ in listener.notifies(timeout=step, stop_after=1)):
-                    return
+                    return True
             else:
                 stop.wait(step)
             with self._bounded():
                 if self.pause_requested():
-                    return
+                    return False
+        return False
