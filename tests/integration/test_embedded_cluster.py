@@ -59,7 +59,9 @@ def local_env() -> Iterator[dict[str, str]]:
     tmp = Path(tempfile.mkdtemp(prefix="utcp-local-pg-"))
     tmp.chmod(0o755)  # the postgres OS user (when run as root) enters it
     env = {
-        k: v for k, v in os.environ.items() if k not in ("EVENTSTORE_DSN", "EVENTSTORE_TEST_DSN")
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("EVENTSTORE_DSN", "EVENTSTORE_TEST_DSN", "MAKEFLAGS", "MAKELEVEL")
     }
     env.update(
         EVENTSTORE_DEFAULT_PORT=str(free_port()),
