@@ -11,12 +11,14 @@ endif
 export EVENTSTORE_DSN ?= postgresql://root@127.0.0.1:$(PG_PORT)/utcp
 # An admin connection: the test suite creates fresh databases through it.
 export EVENTSTORE_TEST_DSN ?= postgresql://root@127.0.0.1:$(PG_PORT)/postgres
-# Set when a default DSN points at the project-local cluster: bootstrap starts it.
+# 1 when a default DSN points at the project-local cluster: bootstrap starts
+# it. Always set here, never inherited from an outer make.
 ifneq ($(PG_PORT),$(or $(EVENTSTORE_DEFAULT_PORT),5432))
 ifneq ($(PG_PORT),)
-export EVENTSTORE_LOCAL_PG := 1
+LOCAL_PG := 1
 endif
 endif
+export EVENTSTORE_LOCAL_PG := $(LOCAL_PG)
 
 VENV := .venv
 BIN := $(VENV)/bin

@@ -61,7 +61,14 @@ def local_env() -> Iterator[dict[str, str]]:
     env = {
         k: v
         for k, v in os.environ.items()
-        if k not in ("EVENTSTORE_DSN", "EVENTSTORE_TEST_DSN", "MAKEFLAGS", "MAKELEVEL")
+        if k
+        not in (
+            "EVENTSTORE_DSN",
+            "EVENTSTORE_TEST_DSN",
+            "EVENTSTORE_LOCAL_PG",
+            "MAKEFLAGS",
+            "MAKELEVEL",
+        )
     }
     env.update(
         EVENTSTORE_DEFAULT_PORT=str(free_port()),
@@ -124,8 +131,11 @@ def test_a_server_at_the_default_address_or_set_dsns_change_nothing(
         default = listener.getsockname()[1]
         env = {**local_env, "EVENTSTORE_DEFAULT_PORT": str(default)}
         values = make_variables(env)
+        # An outer make's choice (make test runs this test) is not inherited.
+        inherited = make_variables({**env, "EVENTSTORE_LOCAL_PG": "1"})
     assert values.get("PG_PORT") == str(default)
-    assert "EVENTSTORE_LOCAL_PG" not in values
+    assert not values.get("EVENTSTORE_LOCAL_PG")
+    assert not inherited.get("EVENTSTORE_LOCAL_PG")
 
     both = {
         **local_env,
@@ -133,7 +143,7 @@ def test_a_server_at_the_default_address_or_set_dsns_change_nothing(
         "EVENTSTORE_TEST_DSN": "postgresql://x@h/p",
     }
     values = make_variables(both)
-    assert "EVENTSTORE_LOCAL_PG" not in values
+    assert not values.get("EVENTSTORE_LOCAL_PG")
     assert not values.get("PG_PORT")
 
     stop = make("stop", local_env)  # never initialised: nothing to stop
