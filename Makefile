@@ -1,21 +1,36 @@
 .DEFAULT_GOAL := help
 SHELL := /bin/bash
 
+# The default DSNs' port: 5432 if a server answers there, else the
+# project-local cluster's (scripts/local-pg.sh; bootstrap starts it, `make
+# stop` stops it). Not asked when both DSNs are set.
+ifneq ($(filter undefined,$(origin EVENTSTORE_DSN) $(origin EVENTSTORE_TEST_DSN)),)
+PG_PORT := $(shell scripts/local-pg.sh port)
+endif
 # The demo's database (created by `eventstore db deploy` if missing).
-export EVENTSTORE_DSN ?= postgresql://root@127.0.0.1:5432/utcp
+export EVENTSTORE_DSN ?= postgresql://root@127.0.0.1:$(PG_PORT)/utcp
 # An admin connection: the test suite creates fresh databases through it.
-export EVENTSTORE_TEST_DSN ?= postgresql://root@127.0.0.1:5432/postgres
+export EVENTSTORE_TEST_DSN ?= postgresql://root@127.0.0.1:$(PG_PORT)/postgres
+# 1 when a default DSN points at the project-local cluster: bootstrap starts
+# it. Always set here, never inherited from an outer make.
+ifneq ($(PG_PORT),$(or $(EVENTSTORE_DEFAULT_PORT),5432))
+ifneq ($(PG_PORT),)
+LOCAL_PG := 1
+endif
+endif
+export EVENTSTORE_LOCAL_PG := $(LOCAL_PG)
 
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: help bootstrap demo test drill lint typecheck unit bench clean
+.PHONY: help bootstrap demo test drill stop lint typecheck unit bench clean
 
 help:
 	@echo "make bootstrap   set up .venv, sqitch and psql; check PostgreSQL"
 	@echo "make demo        deploy the schema to \$$EVENTSTORE_DSN and run the demo"
 	@echo "make test        lint, typecheck and the full test suite"
 	@echo "make drill       backup/restore/standby drill on private clusters (pgBackRest, PITR, pg_dump)"
+	@echo "make stop        stop the project-local PostgreSQL (if bootstrap started one)"
 	@echo "make lint        ruff check and ruff format --check"
 	@echo "make typecheck   mypy --strict"
 	@echo "make bench       append benchmark"
@@ -38,6 +53,10 @@ test: bootstrap
 # docs/runbook.md, "Backups and restores".
 drill: bootstrap
 	$(BIN)/python -m ops.drill
+
+# The project-local cluster (.pgdata/), if bootstrap started one.
+stop:
+	@scripts/local-pg.sh stop
 
 lint: bootstrap
 	$(BIN)/ruff check .

@@ -60,7 +60,12 @@ if ! command -v pgbackrest >/dev/null; then
     fi
 fi
 
-# 3. A PostgreSQL server answering at the DSN.
+# 3. A PostgreSQL server answering at the DSN. When the Makefile's default DSNs
+# point at the project-local cluster (no DSN set, nothing on 127.0.0.1:5432),
+# start it (or reuse it): scripts/local-pg.sh, stopped by `make stop`.
+if [ "${EVENTSTORE_LOCAL_PG:-}" = 1 ]; then
+    scripts/local-pg.sh start || exit 1
+fi
 if command -v pg_isready >/dev/null; then
     pg_isready -q -d "$DSN" && up=1 || up=0
 else
