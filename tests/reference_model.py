@@ -78,7 +78,7 @@ def avg_cost_rounded(numerator: Decimal, denominator: Decimal) -> Decimal:
     twice = 2 * rest
     if twice > exact.denominator or (twice == exact.denominator and whole % 2 == 1):
         whole += 1
-    return Decimal(whole).scaleb(-PLACES)
+    return Decimal(whole).scaleb(-PLACES, context=EXACT)  # exact, in any caller's context
 
 
 @dataclass
