@@ -35,9 +35,9 @@ _COST_PLACES: Final = 12
 #: projection turns into a ProjectionError) instead of rounding, so no value
 #: is ever changed silently; the one rounding is round_cost's, done by hand
 #: on integers. 100 digits make that trap unreachable for any log this store
-#: can hold (docs/trading-rules.md, "Why 100 digits"): with amounts inside
+#: can hold (docs/trading-rules.md, "Why it is exact"): with amounts inside
 #: eventstore.limits (|x| < 10**15, at most 18 places) every value of a
-#: portfolio of N < 10**33 trades and cash movements fits in 67 + log10(N)
+#: portfolio of N < 10**32 trades and cash movements fits in 67 + log10(N)
 #: significant digits. (A Rounded without Inexact only drops trailing zeros:
 #: the value is the same, so it is not trapped.)
 PRECISION: Final = 100

@@ -160,21 +160,29 @@ def session_ops(c: Chooser, max_ops: int) -> list[Op]:
     return ops
 
 
+#: The top of eventstore.limits: below 10**15, 18 places (33 digits).
+EDGE = st.integers(10**33 - 10**9, 10**33 - 1).map(lambda n: D(f"{n}e-18"))
 DECIMALS = {
     "qty": [
         st.integers(1, 30).map(D),
         st.decimals(min_value=D("0.0001"), max_value=50, places=4, allow_nan=False),
+        EDGE,
     ],
     "price": [
         st.decimals(min_value=D("0.01"), max_value=500, places=2, allow_nan=False),
         st.decimals(min_value=0, max_value=5, places=6, allow_nan=False),
         st.decimals(min_value=D("0.5"), max_value=2, places=14, allow_nan=False),
+        EDGE,
     ],
     "fee": [
         st.just(D(0)),
         st.decimals(min_value=0, max_value=3, places=2, allow_nan=False),
+        EDGE,
     ],
-    "cash": [st.decimals(min_value=D("0.01"), max_value=100_000, places=2, allow_nan=False)],
+    "cash": [
+        st.decimals(min_value=D("0.01"), max_value=100_000, places=2, allow_nan=False),
+        EDGE,
+    ],
 }
 
 
