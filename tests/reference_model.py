@@ -191,7 +191,7 @@ def _read(
     if isinstance(payload, CashDeposited):
         log.cash_moves[pid].append(payload.amount)
     elif isinstance(payload, CashWithdrawn):
-        log.cash_moves[pid].append(-payload.amount)
+        log.cash_moves[pid].append(payload.amount.copy_negate())  # exact: unary minus rounds
     elif isinstance(payload, Trade):
         if payload.trade_id in log.trades:
             raise ModelRefusal(f"trade {payload.trade_id} executed twice")
