@@ -4,8 +4,13 @@ A timestamp is stored as ``timestamptz`` and read back by psycopg as a
 Python ``datetime``, in the reader's time zone: one within a day of
 Python's limits (years 1 and 9999) is accepted by PostgreSQL but cannot be
 read back, and a log cannot drop an event that no reader can load. Money
-and quantities are Decimals the projections compute with exactly (a
-60-digit context): an amount like ``1E+999999`` would overflow it.
+and quantities are Decimals the projections compute with exactly: below
+10**15 with at most 18 places, an amount has at most 33 significant digits,
+a product of two at most 66, and every sum the trading rules keep fits in
+projections.rules.CONTEXT (100 digits, Inexact trapped, so nothing is ever
+rounded silently) for any portfolio of fewer than 10**32 events
+(docs/trading-rules.md, "Why it is exact"). The one rounding is avg_cost's,
+to 12 places.
 
 The log's own limits (identifiers, sizes, depth, numbers, time strings) are
 enforced twice: here, by the client first, and by the database

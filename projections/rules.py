@@ -3,7 +3,7 @@
 Average-cost positions, long and short; fees kept apart; cash. The one
 rounding rule (docs/trading-rules.md) lives in :func:`round_cost`, and is
 the only place a value is rounded: everything else is exact Decimal
-arithmetic.
+arithmetic in :data:`CONTEXT`, which raises rather than rounds.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import msgspec
 __all__ = [
     "CONTEXT",
     "COST_QUANTUM",
+    "PRECISION",
     "ZERO",
     "PositionState",
     "apply_fill",
@@ -28,18 +29,53 @@ __all__ = [
 ZERO: Final = Decimal(0)
 #: avg_cost is kept to 12 decimal places.
 COST_QUANTUM: Final = Decimal("1e-12")
-# Every sum and product of the rules is exact in this context (60 digits),
-# and a division is exact to far below the quantum: the only rounding is
-# the quantize in round_cost, once.
-CONTEXT: Final = decimal.Context(prec=60, rounding=decimal.ROUND_HALF_EVEN)
+_COST_PLACES: Final = 12
+#: The context every rule computes in. It traps Inexact: an operation whose
+#: exact result does not fit raises (decimal.Inexact, an ArithmeticError the
+#: projection turns into a ProjectionError) instead of rounding, so no value
+#: is ever changed silently; the one rounding is round_cost's, done by hand
+#: on integers. 100 digits make that trap unreachable for any log this store
+#: can hold (docs/trading-rules.md, "Why it is exact"): with amounts inside
+#: eventstore.limits (|x| < 10**15, at most 18 places) every value of a
+#: portfolio of N < 10**32 trades and cash movements fits in 67 + log10(N)
+#: significant digits. (A Rounded without Inexact only drops trailing zeros:
+#: the value is the same, so it is not trapped.)
+PRECISION: Final = 100
+CONTEXT: Final = decimal.Context(
+    prec=PRECISION,
+    rounding=decimal.ROUND_HALF_EVEN,
+    traps=[
+        decimal.Inexact,
+        decimal.InvalidOperation,
+        decimal.DivisionByZero,
+        decimal.Overflow,
+    ],
+)
 
 Side = Literal["buy", "sell"]
 
 
 def round_cost(numerator: Decimal, denominator: Decimal) -> Decimal:
-    """numerator / denominator, rounded half-to-even to 12 decimal places."""
-    quotient = CONTEXT.divide(numerator, denominator)
-    return quotient.quantize(COST_QUANTUM, rounding=decimal.ROUND_HALF_EVEN, context=CONTEXT)
+    """numerator / denominator, rounded half-to-even to 12 decimal places.
+
+    The exact quotient rounded once: integer floor division of the exact
+    ratio scaled by 10**12, then half-to-even on the remainder. No Decimal
+    division (whose own rounding at the context's precision could turn an
+    exact quotient just off a tie into a tie, and round it the wrong way).
+    """
+    top, top_scale = numerator.as_integer_ratio()
+    bottom, bottom_scale = denominator.as_integer_ratio()
+    if bottom == 0:
+        raise decimal.DivisionByZero(f"avg_cost of {numerator} / {denominator}")
+    # numerator / denominator = (top · bottom_scale) / (top_scale · bottom)
+    dividend = top * bottom_scale * 10**_COST_PLACES
+    divisor = top_scale * bottom
+    if divisor < 0:
+        dividend, divisor = -dividend, -divisor
+    whole, rest = divmod(dividend, divisor)  # floor: 0 <= rest < divisor
+    if 2 * rest > divisor or (2 * rest == divisor and whole % 2 == 1):
+        whole += 1
+    return Decimal(whole).scaleb(-_COST_PLACES, context=CONTEXT)
 
 
 class PositionState(msgspec.Struct, frozen=True):

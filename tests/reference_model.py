@@ -78,7 +78,7 @@ def avg_cost_rounded(numerator: Decimal, denominator: Decimal) -> Decimal:
     twice = 2 * rest
     if twice > exact.denominator or (twice == exact.denominator and whole % 2 == 1):
         whole += 1
-    return Decimal(whole).scaleb(-PLACES)
+    return Decimal(whole).scaleb(-PLACES, context=EXACT)  # exact, in any caller's context
 
 
 @dataclass
@@ -191,7 +191,7 @@ def _read(
     if isinstance(payload, CashDeposited):
         log.cash_moves[pid].append(payload.amount)
     elif isinstance(payload, CashWithdrawn):
-        log.cash_moves[pid].append(-payload.amount)
+        log.cash_moves[pid].append(payload.amount.copy_negate())  # exact: unary minus rounds
     elif isinstance(payload, Trade):
         if payload.trade_id in log.trades:
             raise ModelRefusal(f"trade {payload.trade_id} executed twice")

@@ -28,6 +28,7 @@ the live tables and the model.
 from __future__ import annotations
 
 import datetime as dt
+import decimal
 import itertools
 import random
 import threading
@@ -135,46 +136,62 @@ def session_ops(c: Chooser, max_ops: int) -> list[Op]:
             s = c.integer(0, symbols - 1)
             now = held.get((p, s), D(0))
             mode = c.choice(("free", "free", "close", "flip"))
-            if mode != "free" and now != 0:
+            if mode != "free" and now != 0 and abs(now) < AMOUNT_TOP:
                 side = "sell" if now > 0 else "buy"
-                qty = abs(now) + (c.decimal("qty") if mode == "flip" else 0)
+                with decimal.localcontext(EXACT_SUMS):
+                    qty = abs(now) + (c.decimal("qty") if mode == "flip" else 0)
+                if qty >= AMOUNT_TOP:
+                    qty = abs(now)  # a flip beyond the limits: close instead
             else:
                 side = c.choice(("buy", "sell"))
                 qty = c.decimal("qty")
             fill = Fill(p, s, side, qty, c.decimal("price"), c.decimal("fee"), group)
-            held[(p, s)] = now + (qty if side == "buy" else -qty)
+            with decimal.localcontext(EXACT_SUMS):
+                held[(p, s)] = now + (qty if side == "buy" else -qty)
             fills.append(fill)
             ops.append(fill)
         elif kind == "cancel" and fills:
             i = c.integer(0, len(fills) - 1)  # may be cancelled already: a no-op
             if i not in cancelled:
                 f = fills[i]
-                held[(f.p, f.s)] -= f.qty if f.side == "buy" else -f.qty
+                with decimal.localcontext(EXACT_SUMS):
+                    held[(f.p, f.s)] -= f.qty if f.side == "buy" else -f.qty
                 cancelled.add(i)
             ops.append(Cancel(i, group))
         elif kind in ("deposit", "withdraw"):
             amount = c.decimal("cash")
-            ops.append(Cash(p, amount if kind == "deposit" else -amount, group))
+            ops.append(Cash(p, amount if kind == "deposit" else amount.copy_negate(), group))
         elif kind == "audit":
             ops.append(Audit(c.integer(0, symbols - 1), c.choice((True, False))))
     return ops
 
 
+#: The top of eventstore.limits: below 10**15, 18 places (33 digits).
+AMOUNT_TOP = D(10) ** 15
+#: The generator's own sums of quantities: exact, or an error.
+EXACT_SUMS = decimal.Context(prec=200, traps=[decimal.Inexact])
+EDGE = st.integers(10**33 - 10**9, 10**33 - 1).map(lambda n: D(f"{n}e-18"))
 DECIMALS = {
     "qty": [
         st.integers(1, 30).map(D),
         st.decimals(min_value=D("0.0001"), max_value=50, places=4, allow_nan=False),
+        EDGE,
     ],
     "price": [
         st.decimals(min_value=D("0.01"), max_value=500, places=2, allow_nan=False),
         st.decimals(min_value=0, max_value=5, places=6, allow_nan=False),
         st.decimals(min_value=D("0.5"), max_value=2, places=14, allow_nan=False),
+        EDGE,
     ],
     "fee": [
         st.just(D(0)),
         st.decimals(min_value=0, max_value=3, places=2, allow_nan=False),
+        EDGE,
     ],
-    "cash": [st.decimals(min_value=D("0.01"), max_value=100_000, places=2, allow_nan=False)],
+    "cash": [
+        st.decimals(min_value=D("0.01"), max_value=100_000, places=2, allow_nan=False),
+        EDGE,
+    ],
 }
 
 
@@ -263,7 +280,10 @@ def session_events(ops: list[Op], tag: str) -> list[tuple[str, list[NewEvent]]]:
                 )
             else:
                 payload = CashWithdrawn(
-                    withdrawal_id=f"{tag}-c{n}", portfolio_id=pid, amount=-op.amount, occurred_at=at
+                    withdrawal_id=f"{tag}-c{n}",
+                    portfolio_id=pid,
+                    amount=op.amount.copy_negate(),
+                    occurred_at=at,
                 )
             event = NewEvent(payload.EVENT_TYPE, payload)
         elif isinstance(op, Fill):

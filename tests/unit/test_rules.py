@@ -13,6 +13,8 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from projections.rules import (
+    CONTEXT,
+    PRECISION,
     PositionState,
     apply_fill,
     cash_effect,
@@ -296,3 +298,118 @@ def test_cancellation_in_the_model_equals_replay_of_remaining(
     assert {t for t, r in trades.items() if r["status"] == "cancelled"} == {
         f"t{i}" for i in cancelled
     }
+
+
+# -- the edges of the documented limits (eventstore.limits) ------------------------------
+
+#: The largest amount eventstore.limits accepts: below 10**15, 18 places (33 digits).
+TOP = D(f"{10**33 - 1}e-18")  # 999999999999999.999999999999999999
+WEI = D("1e-18")
+
+
+def wei(n: int) -> Decimal:
+    """n·10**-18, exactly (Decimal.scaleb would round in the default context)."""
+    return D(f"{n}e-18")
+
+
+edge_amounts = st.one_of(
+    st.integers(10**33 - 10**9, 10**33 - 1).map(wei),  # near the top
+    st.integers(1, 10**33 - 1).map(wei),  # anywhere, 18 places
+    st.integers(1, 10**6).map(wei),  # a few wei
+    st.integers(1, 10**15 - 1).map(D),  # whole units, up to the top
+)
+edge_fees = st.one_of(st.just(D(0)), edge_amounts)
+edge_fills = st.lists(st.tuples(sides, edge_amounts, edge_amounts, edge_fees), max_size=30)
+
+
+def exact_cash(fills: list[Fill]) -> Fraction:
+    total = Fraction(0)
+    for side, q, price, fee in fills:
+        notional = Fraction(q) * Fraction(price)
+        total += -(notional + Fraction(fee)) if side == "buy" else notional - Fraction(fee)
+    return total
+
+
+def test_cash_effect_at_the_top_of_the_limits_is_exact() -> None:
+    # 33 x 33 significant digits: a 66-digit product, which a 60-digit context rounded.
+    exact = Fraction(TOP) * Fraction(TOP)
+    assert Fraction(cash_effect("sell", TOP, TOP, D(0))) == exact
+    assert Fraction(cash_effect("buy", TOP, TOP, WEI)) == -exact - Fraction(WEI)
+    assert Fraction(cash_effect("sell", TOP, TOP, TOP)) == exact - Fraction(TOP)
+
+
+def test_round_cost_is_not_fooled_by_a_near_tie_beyond_the_context() -> None:
+    # 10**30 + half a unit of the 12th place + 10**-36: just above the tie, so it
+    # rounds up. A 60-digit division dropped the 10**-36, saw an exact tie and
+    # rounded to the even (down).
+    num = D("1000000000000000000000000000000.000000000000500000000000000000000001")
+    up = D("1000000000000000000000000000000.000000000001")
+    assert round_cost(num, D(1)) == up
+    assert round_cost(num, D(1)) == avg_cost_rounded(num, D(1))
+    assert round_cost(num.copy_negate(), D(1)) == up.copy_negate()
+    # ...and the exact tie still goes to the even.
+    tie = D("1000000000000000000000000000000.0000000000005")
+    assert round_cost(tie, D(1)) == D(10**30)
+    thrice = D("3000000000000000000000000000000.000000000001500000000000000000000003")
+    assert round_cost(thrice, D(3)) == up
+
+
+def test_a_round_trip_at_the_top_realizes_exactly() -> None:
+    p2 = D("999999999999999.999999999999999998")
+    s = chain([("buy", TOP, TOP, TOP), ("sell", TOP, p2, TOP)])
+    # avg_cost is TOP rounded to 12 places (the one rounding), and the realized
+    # P&L is exact against that rounded cost.
+    avg = round_cost(TOP, D(1))
+    assert avg == D(10**15)
+    assert Fraction(s.realized_pnl) == Fraction(TOP) * (Fraction(p2) - Fraction(avg))
+    assert Fraction(s.fees) == 2 * Fraction(TOP)
+    assert s.quantity == 0 and s.avg_cost == 0
+
+
+@given(fills=st.one_of(edge_fills, edge_fills.map(flip_heavy)))
+@settings(max_examples=200)
+@example(fills=[("buy", TOP, TOP, TOP), ("buy", TOP, TOP, TOP), ("sell", TOP, WEI, TOP)])
+def test_amounts_at_the_limits_are_exact_but_for_avg_cost(fills: list[Fill]) -> None:
+    product = chain(fills)
+    model = fold_position(fills)
+    same(
+        as_tuple(product),
+        (model.quantity, model.avg_cost, model.realized_pnl, model.fees, model.trade_count),
+    )
+    assert Fraction(product.quantity) == sum(
+        (Fraction(q) if s == "buy" else -Fraction(q) for s, q, _, _ in fills), Fraction(0)
+    )
+    assert Fraction(product.fees) == sum((Fraction(f) for _, _, _, f in fills), Fraction(0))
+    with decimal.localcontext(CONTEXT):  # the projection's own running sum of cash
+        cash = sum((cash_effect(s, q, p, f) for s, q, p, f in fills), D(0))  # type: ignore[arg-type]
+    assert Fraction(cash) == exact_cash(fills)
+
+
+def test_a_long_sequence_at_the_top_stays_exact() -> None:
+    # 20 000 trades of the largest amounts: sums of 66-digit products grow to
+    # 71 digits; quantity, fees, realized P&L and cash stay exact.
+    fills: list[Fill] = []
+    for i in range(10_000):
+        fills.append(("buy", TOP, wei(10**33 - 1 - i), TOP))
+        fills.append(("sell", TOP, wei(10**33 - 2 - i), TOP))
+    state = chain(fills)
+    model = fold_position(fills)
+    same(
+        as_tuple(state),
+        (model.quantity, model.avg_cost, model.realized_pnl, model.fees, model.trade_count),
+    )
+    assert Fraction(state.fees) == 20_000 * Fraction(TOP)
+    with decimal.localcontext(CONTEXT):
+        cash = sum((cash_effect(s, q, p, f) for s, q, p, f in fills), D(0))  # type: ignore[arg-type]
+    assert Fraction(cash) == exact_cash(fills)
+
+
+def test_the_context_raises_rather_than_rounds() -> None:
+    # Beyond the bound (far more than any log holds), an inexact result is an
+    # error, never a silently changed number.
+    with decimal.localcontext(CONTEXT), pytest.raises(decimal.Inexact):
+        _ = D(10**PRECISION + 1) * D(10**PRECISION + 1)
+    # Trailing zeros only: the same value, not an error.
+    with decimal.localcontext(CONTEXT):
+        long_one = D("1." + "0" * 150)
+        assert long_one * long_one == 1
