@@ -13,7 +13,7 @@ rounding), except avg_cost, which is the exact quotient (a Fraction)
 rounded once, half-to-even, to 12 decimal places.
 
 Input: events in log order, each a :class:`eventstore.StoredEvent` or a
-``(type, payload)`` pair (payload: a dict or one of the eventstore.schemas
+``(type, payload)`` pair (payload: a dict or one of the trading.events
 Structs). With StoredEvents the model also checks the stream of each
 trading event and fills ``updated_at`` (the ``created_at`` of the last
 event that changed the row) and ``event_position``; with pairs those two
@@ -33,7 +33,7 @@ from typing import Any, Final
 import msgspec
 
 from eventstore import StoredEvent
-from eventstore.schemas import (
+from trading.events import (
     CashDeposited,
     CashWithdrawn,
     PortfolioOpened,

@@ -23,7 +23,8 @@ import pytest
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from eventstore import EventStore, Settings, StorageAdapter
+from eventstore import EventStore, Settings
+from trading import StorageAdapter, trading_registry
 
 ADMIN_DSN_ENV = "EVENTSTORE_TEST_DSN"
 DEFAULT_ADMIN_DSN = "postgresql://root@127.0.0.1:5432/postgres"
@@ -64,7 +65,7 @@ def run_cli(
     """Run the project's own ``eventstore`` command, as a user would
     (``env``: its whole environment, default this process's)."""
     proc = subprocess.run(
-        [sys.executable, "-m", "eventstore", *args],
+        [sys.executable, "-m", "storectl", *args],
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -149,7 +150,7 @@ def writer_dsn(database_dsn: str) -> Iterator[str]:
 def store(writer_dsn: str) -> Iterator[EventStore]:
     """The store, connected as the writer role, shared by the session."""
     settings = Settings(pool_min_size=1, pool_max_size=12, retry_timeout=20.0)
-    with EventStore.open(writer_dsn, settings) as s:
+    with EventStore.open(writer_dsn, settings, registry=trading_registry()) as s:
         yield s
 
 

@@ -15,19 +15,13 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from eventstore import (
-    AuditEvent,
-    EventStore,
-    IdempotencyConflict,
-    NewEvent,
-    StorageAdapter,
-    Trade,
-    ValidationError,
-    default_registry,
-)
+from eventstore import EventStore, IdempotencyConflict, NewEvent, ValidationError
 from eventstore import sql as store_sql
-from eventstore.schemas import TradeCancelled
 from tests.integration.conftest import deployed_database
+from trading import AuditEvent, StorageAdapter, Trade, trading_registry
+from trading.events import TradeCancelled
+
+REGISTRY = trading_registry()
 
 T0 = dt.datetime(2024, 3, 4, 9, 30, tzinfo=dt.UTC)
 HOUR = dt.timedelta(hours=1)
@@ -90,7 +84,7 @@ def test_save_trade_appends_trade_executed_to_the_portfolio_stream(
     assert event.symbol == trade.symbol
     assert event.occurred_at == trade.executed_at
     assert event.position == result.positions[0]
-    assert default_registry.decode(event) == trade
+    assert REGISTRY.decode(event) == trade
     row = admin.execute(
         "SELECT stream_id FROM utcp.idempotency_keys WHERE key = %s", (f"trade:{trade.trade_id}",)
     ).fetchone()

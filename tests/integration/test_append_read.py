@@ -23,11 +23,12 @@ from eventstore import (
     EventStore,
     NewEvent,
     StoredEvent,
-    Trade,
     ValidationError,
     WrongExpectedVersion,
-    default_registry,
 )
+from trading import Trade, trading_registry
+
+REGISTRY = trading_registry()
 
 #: How long to wait for the global readers' horizon to pass our events.
 #: A long transaction elsewhere on the shared cluster only delays them.
@@ -173,7 +174,7 @@ def test_trade_payload_round_trips_exactly_and_indexes_symbol_and_time(
     assert event.data["fees"] == "0.10"
     assert event.symbol == "BRK.B"
     assert event.occurred_at == trade.executed_at
-    decoded = default_registry.decode(event)
+    decoded = REGISTRY.decode(event)
     assert decoded == trade
     assert str(decoded.price) == "12345.6789012345678901"
 

@@ -499,7 +499,7 @@ def test_tail_follow_survives_an_outage_and_says_where_to_resume(
     }
     args = ["--types", type_, "--poll-interval", "0.05", *(["--json"] if as_json else [])]
     proc = subprocess.Popen(
-        [sys.executable, "-m", "eventstore", "tail", "--follow", *args],
+        [sys.executable, "-m", "storectl", "tail", "--follow", *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -572,7 +572,7 @@ def test_tail_follow_that_fails_still_says_where_to_resume(database_dsn: str) ->
     ends the tail with one error line, after the resume line."""
     checkpoint = f"{2**40}/{2**40}"
     proc = subprocess.run(
-        [sys.executable, "-m", "eventstore", "tail", "--follow", "--json", "--after", checkpoint],
+        [sys.executable, "-m", "storectl", "tail", "--follow", "--json", "--after", checkpoint],
         capture_output=True,
         text=True,
         timeout=WAIT,

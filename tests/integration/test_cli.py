@@ -19,7 +19,8 @@ import msgspec
 import psycopg
 import pytest
 
-from eventstore import EventStore, NewEvent, StoredEvent, StoreStatus, cli
+from eventstore import EventStore, NewEvent, StoredEvent, StoreStatus
+from storectl import cli
 
 from .conftest import dsn_for, run_cli
 
@@ -265,7 +266,7 @@ def test_missing_dsn_is_one_line() -> None:
     env = {k: v for k, v in os.environ.items() if k != "EVENTSTORE_DSN"}
     for args in (["read", "portfolio-1"], ["tail"], ["status"], ["verify"]):
         proc = subprocess.run(
-            [sys.executable, "-m", "eventstore", *args],
+            [sys.executable, "-m", "storectl", *args],
             capture_output=True,
             text=True,
             env=env,
@@ -295,7 +296,7 @@ def test_usage_errors_exit_2(database_dsn: str, stream: str) -> None:
 def test_broken_pipe_is_quiet(database_dsn: str, stream: str, store: EventStore) -> None:
     store.append(stream, [NewEvent("Tick", {"i": i}) for i in range(50)])
     proc = subprocess.Popen(
-        [sys.executable, "-m", "eventstore", "read", stream, "--dsn", database_dsn],
+        [sys.executable, "-m", "storectl", "read", stream, "--dsn", database_dsn],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -366,7 +367,7 @@ def follow(database_dsn: str) -> Iterator[Any]:
 
     def start(*args: str) -> tuple[subprocess.Popen[str], queue.Queue[str]]:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "eventstore", "tail", "--follow", *args, "--dsn", database_dsn],
+            [sys.executable, "-m", "storectl", "tail", "--follow", *args, "--dsn", database_dsn],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,

@@ -1,4 +1,4 @@
-"""The README's main job (``python -m eventstore.demo``), run as a user runs
+"""The README's main job (``python -m storectl.demo``), run as a user runs
 it: a subprocess against a throwaway database of its own (the demo projects
 the whole log from the start, and the session database holds other tests'
 events that the trading projection rightly refuses).
@@ -31,16 +31,21 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from eventstore import EventStore, StorageAdapter, StoredEvent
-from eventstore.adapter import Portfolio, Position, portfolio_stream
-from eventstore.demo import (
+from eventstore import EventStore, StoredEvent
+from projections import sql as projection_sql
+from projections.models import Portfolio, Position
+from projections.queries import get_portfolio, get_positions
+from projections.rules import replay_fills
+from storectl.demo import (
     PORTFOLIOS,
     format_money,
     format_price,
     format_quantity,
     generate_session,
 )
-from eventstore.schemas import (
+from trading import StorageAdapter
+from trading.adapter import portfolio_stream
+from trading.events import (
     AuditEvent,
     CashDeposited,
     CashWithdrawn,
@@ -48,8 +53,6 @@ from eventstore.schemas import (
     Trade,
     TradeCancelled,
 )
-from projections import sql as projection_sql
-from projections.rules import replay_fills
 
 from .conftest import admin_dsn, dsn_for, run_cli
 
@@ -61,7 +64,7 @@ EXACT = decimal.Context(prec=80)
 
 def run_demo(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "eventstore.demo", *args],
+        [sys.executable, "-m", "storectl.demo", *args],
         capture_output=True,
         text=True,
         timeout=RUN_TIMEOUT,
@@ -358,8 +361,8 @@ def test_demo_records_projects_and_shows_correct_portfolios(
             for r in mine
         ]
         portfolio, positions = expected_from_stream(events)
-        assert adapter.get_portfolio(pid) == portfolio
-        assert adapter.get_positions(pid) == positions
+        assert get_portfolio(adapter.store, pid) == portfolio
+        assert get_positions(adapter.store, pid) == positions
         shown[pid] = (portfolio, positions)
     all_positions = [p for _, ps in shown.values() for p in ps]
     assert any(p.quantity < 0 for p in all_positions), "no short position to show"
@@ -413,8 +416,8 @@ def test_demo_records_projects_and_shows_correct_portfolios(
     body = without_timings(first.stdout).rsplit("\nsummary:", 1)[0]
     assert without_timings(again.stdout).rsplit("\nsummary:", 1)[0] == body
     for pid, (portfolio, positions) in shown.items():
-        assert adapter.get_portfolio(pid) == portfolio
-        assert adapter.get_positions(pid) == positions
+        assert get_portfolio(adapter.store, pid) == portfolio
+        assert get_positions(adapter.store, pid) == positions
 
 
 def test_demo_as_the_writer_alone_cannot_project_and_says_what_it_needs(
@@ -424,7 +427,7 @@ def test_demo_as_the_writer_alone_cannot_project_and_says_what_it_needs(
     assert proc.returncode == 1
     assert "Traceback" not in proc.stderr
     line = proc.stderr.strip().splitlines()[-1]
-    assert line.startswith("eventstore.demo: error: ")
+    assert line.startswith("storectl.demo: error: ")
     assert "utcp_projector" in line and "--projector-dsn" in line
     assert "\nsummary:" not in proc.stdout
 
@@ -452,7 +455,7 @@ def test_demo_waits_as_standby_then_fails_clearly_while_another_worker_is_active
     assert "Traceback" not in proc.stderr
     assert re.search(r"^another worker is projecting 'trading' .*as a standby$", proc.stderr, re.M)
     line = proc.stderr.strip().splitlines()[-1]
-    assert line.startswith("eventstore.demo: error: another worker still holds"), line
+    assert line.startswith("storectl.demo: error: another worker still holds"), line
     assert f"(backend pid {lock_holder.info.backend_pid}, role " in line
     assert "portfolios (" not in proc.stdout and "\nsummary:" not in proc.stdout
 
@@ -464,7 +467,7 @@ def test_demo_takes_over_when_the_active_worker_goes_away(
         [
             sys.executable,
             "-m",
-            "eventstore.demo",
+            "storectl.demo",
             *demo_db.args(new_session_id(), "--standby-timeout", str(RUN_TIMEOUT)),
         ],
         stdout=subprocess.PIPE,
@@ -529,7 +532,7 @@ def test_demo_stops_clearly_on_an_event_the_projection_refuses() -> None:
     assert "Traceback" not in proc.stderr
     assert proc.stderr.count("cannot apply") == 1, proc.stderr  # said once
     line = proc.stderr.strip().splitlines()[-1]
-    assert line.startswith("eventstore.demo: error: projection 'trading' cannot apply event ")
+    assert line.startswith("storectl.demo: error: projection 'trading' cannot apply event ")
     assert "portfolio-never-opened v1" in line and "never opened" in line
     assert "fresh database" in line
     assert "portfolios (" not in proc.stdout
@@ -546,6 +549,6 @@ def test_demo_without_schema_says_so() -> None:
     assert proc.returncode == 1
     assert "Traceback" not in proc.stderr
     (line,) = proc.stderr.strip().splitlines()
-    assert line.startswith("eventstore.demo: error: ")
+    assert line.startswith("storectl.demo: error: ")
     assert "eventstore db deploy" in line
     assert proc.stdout == ""

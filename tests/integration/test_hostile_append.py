@@ -32,14 +32,15 @@ from eventstore import (
     IdempotencyConflict,
     NewEvent,
     Settings,
-    StorageAdapter,
     StorageError,
     ValidationError,
     limits,
 )
-from eventstore.events import default_registry
-from eventstore.schemas import ProjectionEventSkipped
 from tests.integration.conftest import deployed_database, login_role
+from trading import StorageAdapter, trading_registry
+from trading.events import ProjectionEventSkipped
+
+REGISTRY = trading_registry()
 
 NEW_SIGNATURE = "utcp.append_events(text, bigint, text, uuid, jsonb)"
 OLD_SIGNATURE = "utcp.append_events(text, bigint, text, bytea, uuid, jsonb)"
@@ -432,8 +433,8 @@ def test_the_time_fields_agree_with_the_registry(root_store: EventStore) -> None
         rows = dict(conn.execute("SELECT type, time_field FROM utcp.event_time_fields").fetchall())
     registry = {
         name: schema.time_field or "occurred_at"
-        for name in default_registry.names()
-        if (schema := default_registry.get(name)) is not None
+        for name in REGISTRY.names()
+        if (schema := REGISTRY.get(name)) is not None
     }
     assert rows == registry
 

@@ -29,19 +29,20 @@ import pytest
 from psycopg import errors as pg_errors
 from psycopg import sql
 
-from eventstore import EventStore, NewEvent, Settings, StorageAdapter, Trade
-from eventstore.schemas import CashDeposited, PortfolioOpened, ProjectionEventSkipped
+from eventstore import EventStore, NewEvent, Settings
 from projections import rebuild as rebuild_module
 from projections.rebuild import RebuildError, rebuild
 from projections.runner import ProjectionRunner
 from projections.status import projection_status
+from trading import StorageAdapter, Trade
+from trading.events import CashDeposited, PortfolioOpened, ProjectionEventSkipped
 
 from .conftest import deployed_database, login_role, run_cli
 
 WAIT = 60.0  # a generous bound for what takes well under a second
 #: The advisory-lock keys of the code before the lease: class "UTCP".
 OLD_LOCK_CLASS = 0x55544350 & 0x7FFFFFFF
-RUN = (sys.executable, "-m", "eventstore", "project", "run", "--poll-interval", "0.2")
+RUN = (sys.executable, "-m", "storectl", "project", "run", "--poll-interval", "0.2")
 
 
 def wait_until(check: Callable[[], bool], what: str, timeout: float = WAIT) -> None:

@@ -15,10 +15,11 @@ from decimal import Decimal
 import psycopg
 import pytest
 
-from eventstore import EventStore, Settings, StorageAdapter
-from eventstore.cli import ProgressDisplay, progress_line
+from eventstore import EventStore, Settings
 from projections import ProjectionRunner
 from projections.status import projection_status
+from storectl.cli import ProgressDisplay, progress_line
+from trading import StorageAdapter
 
 from .conftest import run_cli
 from .test_workers import (
@@ -204,7 +205,7 @@ def test_run_applies_new_events_and_stops_on_sigterm(
 ) -> None:
     run_cli("project", "catch-up", "--dsn", dsn)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "eventstore", "project", "run", "--verbose", "--dsn", dsn],
+        [sys.executable, "-m", "storectl", "project", "run", "--verbose", "--dsn", dsn],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -233,7 +234,7 @@ def _sigint_default() -> None:
 
 def test_run_stops_on_sigint_too(dsn: str, store: EventStore) -> None:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "eventstore", "project", "run", "--dsn", dsn],
+        [sys.executable, "-m", "storectl", "project", "run", "--dsn", dsn],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

@@ -13,7 +13,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from eventstore import EventStore, NewEvent, Settings, StorageAdapter, StoredEvent
+from eventstore import EventStore, NewEvent, Settings, StoredEvent
 from projections import ProjectionRunner
 from projections import rebuild as rebuild_module
 from projections.rebuild import RebuildError, RebuildReport, rebuild
@@ -21,6 +21,7 @@ from projections.runner import checkpoint_order
 from projections.sql import LIVE
 from projections.status import projection_status
 from tests.reference_model import reference_model
+from trading import StorageAdapter
 
 from .conftest import run_cli
 from .test_replay_properties import assert_same, read_rows

@@ -46,7 +46,12 @@ from psycopg import sql
 from psycopg.rows import dict_row
 
 from eventstore import EventStore, NewEvent, Settings, StoredEvent
-from eventstore.schemas import (
+from projections.runner import ProjectionRunner
+from projections.sql import LIVE, Tables, shadow_tables
+from projections.trading import TradingProjection
+from tests.integration.conftest import deployed_database
+from tests.reference_model import reference_model
+from trading.events import (
     AuditEvent,
     CashDeposited,
     CashWithdrawn,
@@ -54,11 +59,6 @@ from eventstore.schemas import (
     Trade,
     TradeCancelled,
 )
-from projections.runner import ProjectionRunner
-from projections.sql import LIVE, Tables, shadow_tables
-from projections.trading import TradingProjection
-from tests.integration.conftest import deployed_database
-from tests.reference_model import reference_model
 
 #: Examples per run (about 0.2 s each on the 2-core machine: the module
 #: runs in about a minute); the ``thorough`` hypothesis profile

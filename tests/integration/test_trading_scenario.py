@@ -21,10 +21,12 @@ import psycopg
 import pytest
 from psycopg.rows import dict_row
 
-from eventstore import AppendResult, AuditEvent, EventStore, Settings, StorageAdapter, Trade
-from eventstore.schemas import CashDeposited, CashWithdrawn, PortfolioOpened, TradeCancelled
+from eventstore import AppendResult, EventStore, Settings
+from projections.queries import get_portfolio, get_positions
 from projections.runner import ProjectionRunner
 from tests.integration.conftest import deployed_database
+from trading import AuditEvent, StorageAdapter, Trade
+from trading.events import CashDeposited, CashWithdrawn, PortfolioOpened, TradeCancelled
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "trading-rules.md"
 PID = "demo"
@@ -186,7 +188,7 @@ def test_worked_example_number_for_number(store: EventStore, dsn: str) -> None:
         runner.release()
 
     # The adapter's readers see the final rows; the trades keep their inputs.
-    portfolio = adapter.get_portfolio(PID)
+    portfolio = get_portfolio(adapter.store, PID)
     assert portfolio is not None
     final = table[-1]
     assert (portfolio.cash, portfolio.realized_pnl, portfolio.fees) == (
@@ -249,7 +251,7 @@ def check_step(
     assert positions == {}, f"{where}: unexpected positions"
     through_adapter = {
         p.symbol: (p.quantity, p.avg_cost, p.realized_pnl, p.fees, p.trade_count)
-        for p in adapter.get_positions(PID)
+        for p in get_positions(adapter.store, PID)
     }
     assert through_adapter == {s: c for s, c in want.positions.items() if c is not None}, where
 

@@ -20,16 +20,14 @@ import psycopg
 import pytest
 
 from eventstore import (
-    AuditEvent,
     EventStore,
     NewEvent,
     Settings,
-    StorageAdapter,
     StorageError,
     StorageUnavailable,
-    Trade,
     ValidationError,
 )
+from trading import AuditEvent, StorageAdapter, Trade
 
 SMALL_EVENT_BYTES = 1000
 SMALL_BATCH = 5

@@ -24,10 +24,11 @@ from typing import Any
 import psycopg
 import pytest
 
-from eventstore import EventStore, NewEvent, Settings, StorageAdapter, StoredEvent, Trade
-from eventstore.schemas import CashDeposited, PortfolioOpened, TradeCancelled
+from eventstore import EventStore, NewEvent, Settings, StoredEvent
 from projections.rebuild import rebuild
 from projections.status import ProjectionStatus, projection_status
+from trading import StorageAdapter, Trade
+from trading.events import CashDeposited, PortfolioOpened, TradeCancelled
 
 from .conftest import deployed_database, run_cli
 
@@ -147,7 +148,7 @@ class Writer(threading.Thread):
 
 def start_worker(dsn: str, *args: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [sys.executable, "-m", "eventstore", "project", "run", "--dsn", dsn, *args],
+        [sys.executable, "-m", "storectl", "project", "run", "--dsn", dsn, *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

@@ -17,7 +17,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from eventstore import EventRegistry, NewEvent, Trade, ValidationError, default_registry
+from eventstore import EventRegistry, NewEvent, ValidationError
 from eventstore.codec import (
     PreparedAppend,
     _encode_checked,
@@ -29,6 +29,9 @@ from eventstore.codec import (
 )
 from eventstore.events import uuid7
 from eventstore.limits import BLANK_PATTERN, MAX_BATCH_BYTES
+from trading import Trade, trading_registry
+
+REGISTRY = trading_registry()
 
 NOW = dt.datetime(2024, 6, 3, 14, 30, tzinfo=dt.UTC)
 
@@ -38,7 +41,7 @@ def prepare(
     *,
     stream: Any = "acct-1",
     key: str | None = "k-1",
-    registry: EventRegistry = default_registry,
+    registry: EventRegistry = REGISTRY,
     max_event_bytes: int = 1_000_000,
     max_batch_events: int = 100,
 ) -> PreparedAppend:
@@ -377,7 +380,7 @@ def test_registry() -> None:
     with pytest.raises(ValidationError) as info:
         prepare([NewEvent("Opened", {"owner": "o"})], registry=registry)
     assert info.value.field is not None and info.value.field.startswith("events[0].data")
-    assert "TradeExecuted" in default_registry.names()
+    assert "TradeExecuted" in REGISTRY.names()
 
 
 # The fast path (encode first; walk only on a hint in the output) refuses

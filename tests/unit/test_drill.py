@@ -1,4 +1,4 @@
-"""The drill's pure helpers (ops/drill.py; the drill itself is `make drill`)."""
+"""The drill's pure helpers (storectl/drill.py; the drill itself is `make drill`)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import datetime as dt
 import uuid
 from pathlib import Path
 
-from ops.drill import (
+from storectl.drill import (
     STANZA,
     burn_count,
     choose_target,

@@ -23,7 +23,7 @@ from eventstore import (
     ValidationError,
     WrongExpectedVersion,
 )
-from eventstore.store import map_error
+from eventstore.connection import map_error
 
 ALL = [
     DuplicateEventId,

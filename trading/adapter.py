@@ -4,16 +4,17 @@ queries over them, on top of the event store's public API."""
 from __future__ import annotations
 
 import datetime as dt
-from decimal import Decimal
 from typing import Final, TypeVar
 
 import msgspec
 
+from eventstore.codec import check_value, error_path
+from eventstore.errors import StorageError, ValidationError
+from eventstore.events import NO_STREAM, STREAM_EXISTS, AppendResult, NewEvent, StoredEvent
+from eventstore.store import EventStore
+
 from . import sql
-from .codec import check_value, error_path
-from .errors import StorageError, ValidationError
-from .events import NO_STREAM, STREAM_EXISTS, AppendResult, NewEvent, StoredEvent
-from .schemas import (
+from .events import (
     TRADE_EXECUTED,
     AuditEvent,
     CashDeposited,
@@ -21,10 +22,10 @@ from .schemas import (
     PortfolioOpened,
     Trade,
     TradeCancelled,
+    register,
 )
-from .store import EventStore
 
-__all__ = ["Portfolio", "Position", "StorageAdapter"]
+__all__ = ["StorageAdapter", "audit_stream", "portfolio_stream"]
 
 PORTFOLIO_CATEGORY: Final = "portfolio"
 AUDIT_CATEGORY: Final = "audit"
@@ -83,32 +84,6 @@ def _decoded(events: list[StoredEvent], cls: type[S], operation: str) -> list[S]
     return out
 
 
-class Position(msgspec.Struct, frozen=True):
-    """A row of utcp.positions (average-cost, signed quantity)."""
-
-    portfolio_id: str
-    symbol: str
-    quantity: Decimal
-    avg_cost: Decimal
-    realized_pnl: Decimal
-    fees: Decimal
-    trade_count: int
-    updated_at: dt.datetime
-
-
-class Portfolio(msgspec.Struct, frozen=True):
-    """A row of utcp.portfolios."""
-
-    portfolio_id: str
-    name: str
-    base_currency: str
-    cash: Decimal
-    realized_pnl: Decimal
-    fees: Decimal
-    opened_at: dt.datetime
-    updated_at: dt.datetime
-
-
 class StorageAdapter:
     """Saves trades and audit events as events, idempotently, and lists them.
 
@@ -120,6 +95,7 @@ class StorageAdapter:
 
     def __init__(self, store: EventStore) -> None:
         self.store = store
+        register(store.registry)  # the trading types, validated on append
 
     def save_trade(self, trade: Trade, *, idempotency_key: str | None = None) -> AppendResult:
         trade = _validated(trade, Trade, "save_trade")
@@ -204,16 +180,6 @@ class StorageAdapter:
             expected_version=STREAM_EXISTS,
             idempotency_key=key,
         )
-
-    def get_positions(self, portfolio_id: str) -> list[Position]:
-        """The portfolio's open and closed positions, by symbol, as projected
-        (they follow the log after the projection worker catches up)."""
-        rows = self.store.query("get_positions", sql.POSITIONS, (portfolio_id,))
-        return [Position(*row) for row in rows]
-
-    def get_portfolio(self, portfolio_id: str) -> Portfolio | None:
-        rows = self.store.query("get_portfolio", sql.PORTFOLIO, (portfolio_id,))
-        return Portfolio(*rows[0]) if rows else None
 
     def list_trades(
         self,

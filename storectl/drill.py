@@ -1,6 +1,6 @@
 """The backup, restore and read scale-out drill (``make drill``; issue 9).
 
-    python -m ops.drill [--keep]
+    python -m storectl.drill [--keep]
 
 Runs, on PRIVATE PostgreSQL 15 clusters it starts itself (initdb in a
 temporary directory, its own ports on 127.0.0.1, as the ``postgres`` OS
@@ -66,8 +66,9 @@ from eventstore import (
     Settings,
     StoredEvent,
 )
-from eventstore.schemas import CashDeposited, PortfolioOpened, Trade
 from projections import ProjectionRunner
+from trading import trading_registry
+from trading.events import CashDeposited, PortfolioOpened, Trade
 
 PG_BIN: Final = Path(os.environ.get("DRILL_PG_BIN", "/usr/lib/postgresql/15/bin"))
 STANZA: Final = "drill"
@@ -506,7 +507,7 @@ class Drill:
             ]
         )
         out: dict[str, Any] = {}
-        with EventStore.open(dsn, SETTINGS) as store:
+        with EventStore.open(dsn, SETTINGS, registry=trading_registry()) as store:
             self.log.sessions["s1"] = append_session(store, "s1", 0, 30, opening=True)
             s1 = read_everything(store, len(self.log.sessions["s1"]))
             out["s1_head"] = s1[-1].checkpoint
@@ -554,7 +555,7 @@ class Drill:
         self, label: str, cluster: Cluster, expected: list[uuid.UUID], state: dict[str, Any]
     ) -> None:
         dsn = cluster.dsn()
-        with EventStore.open(dsn, SETTINGS) as store:
+        with EventStore.open(dsn, SETTINGS, registry=trading_registry()) as store:
             events = read_everything(store, len(expected))
             problems = compare_ids(expected, [e.event_id for e in events])
             self.check(
@@ -594,7 +595,7 @@ class Drill:
     ) -> None:
         dsn = cluster.dsn()
         head, middle = events[-1], events[len(events) // 2]
-        with EventStore.open(dsn, SETTINGS) as store:
+        with EventStore.open(dsn, SETTINGS, registry=trading_registry()) as store:
             new = append_session(store, f"after-{label}", 3, 4, opening=False)
             self.log.sessions[f"after-{label}"] = new
             for name, start in (("at the restored head", head), ("before the head", middle)):
@@ -718,7 +719,7 @@ class Drill:
         quiet = logging.getLogger("eventstore")  # it logs the hazard it refuses for
         level = quiet.level
         quiet.setLevel(logging.CRITICAL)
-        with EventStore.open(target.dsn(), SETTINGS) as store:
+        with EventStore.open(target.dsn(), SETTINGS, registry=trading_registry()) as store:
             try:
                 store.append(
                     "portfolio-alpha",
@@ -840,7 +841,7 @@ class Drill:
 
         def writer(n: int) -> None:
             try:
-                with EventStore.open(primary.dsn(), SETTINGS) as store:
+                with EventStore.open(primary.dsn(), SETTINGS, registry=trading_registry()) as store:
                     for i in range(per_writer):
                         p = PORTFOLIOS[n]
                         store.append(
@@ -861,7 +862,7 @@ class Drill:
                 errors.append(exc)
 
         threads = [threading.Thread(target=writer, args=(n,)) for n in range(writers)]
-        with EventStore.open(standby.dsn(), SETTINGS) as replica:
+        with EventStore.open(standby.dsn(), SETTINGS, registry=trading_registry()) as replica:
             standby_seen: list[StoredEvent] = []
             checkpoint: str | None = None
             for t in threads:
@@ -886,7 +887,7 @@ class Drill:
         tail.send_signal(signal.SIGTERM)
         tail.wait(10)
         self.check("writers appended to the primary", not errors, "; ".join(map(str, errors)))
-        with EventStore.open(primary.dsn(), SETTINGS) as store:
+        with EventStore.open(primary.dsn(), SETTINGS, registry=trading_registry()) as store:
             primary_seen = read_everything(store, expected)
         primary_ids = [e.event_id for e in primary_seen]
         self.check(

@@ -1,7 +1,7 @@
 """The README's main job: record a week of trading through the storage
 adapter, catch the trading projection up, and show the portfolios.
 
-    python -m eventstore.demo [--dsn DSN] [--projector-dsn DSN]
+    python -m storectl.demo [--dsn DSN] [--projector-dsn DSN]
                               [--session ID | --new-session] [--standby-timeout S]
 
 1. **Record.** A trading week (2025-11-17 to 2025-11-21, New York hours) is
@@ -52,14 +52,18 @@ from typing import Any, Final, TextIO
 
 import psycopg
 
+from eventstore import Anchor, ChainReport, EventStore
+from eventstore.errors import EventStoreError, StorageError, StorageUnavailable, ValidationError
+from eventstore.events import AppendResult
+from eventstore.settings import Settings, redact
 from projections import ProjectionError, ProjectionRunner
+from projections.models import Portfolio, Position
+from projections.queries import get_portfolio, get_positions
 from projections.rules import cash_effect
 from projections.sql import READ_CHECKPOINT
-
-from .adapter import Portfolio, Position, StorageAdapter
-from .errors import EventStoreError, StorageError, StorageUnavailable, ValidationError
-from .events import AppendResult
-from .schemas import (
+from trading import trading_registry
+from trading.adapter import StorageAdapter
+from trading.events import (
     AuditEvent,
     CashDeposited,
     CashWithdrawn,
@@ -67,8 +71,6 @@ from .schemas import (
     Trade,
     TradeCancelled,
 )
-from .settings import Settings, redact
-from .store import Anchor, ChainReport, EventStore
 
 __all__ = [
     "PORTFOLIOS",
@@ -808,10 +810,10 @@ def show(adapter: StorageAdapter, session: Session) -> None:
     shown: list[tuple[Portfolio, list[Position]]] = []
     for spec in PORTFOLIOS:
         pid = session.portfolio_ids[spec.key]
-        portfolio = adapter.get_portfolio(pid)
+        portfolio = get_portfolio(adapter.store, pid)
         if portfolio is None:
             raise DemoError(f"portfolio {pid!r} is not in utcp.portfolios after catching up")
-        shown.append((portfolio, adapter.get_positions(pid)))
+        shown.append((portfolio, get_positions(adapter.store, pid)))
     print("\nportfolios (utcp.portfolios, as projected from the log):")
     for line in portfolio_table(shown):
         print("  " + line)
@@ -871,7 +873,7 @@ def _take_anchor(store: EventStore) -> Anchor | str | None:
 def _open(dsn: str) -> EventStore:
     settings = Settings.from_env(pool_min_size=1, pool_max_size=2)
     try:
-        return EventStore.open(dsn, settings)
+        return EventStore.open(dsn, settings, registry=trading_registry())
     except StorageUnavailable as exc:
         if "does not exist" in exc.message:  # the database is not there
             raise StorageUnavailable(
@@ -930,7 +932,7 @@ def run(
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m eventstore.demo",
+        prog="python -m storectl.demo",
         description=(
             "Record a week of trading (four portfolios, US and European stocks and crypto, "
             "deposits and withdrawals, longs, shorts and flips, a few cancelled trades, with "
@@ -999,7 +1001,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.close(devnull)
         return 141
     except (EventStoreError, DemoError) as exc:
-        print(f"eventstore.demo: error: {exc}", file=sys.stderr)
+        print(f"storectl.demo: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

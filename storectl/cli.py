@@ -27,16 +27,11 @@ from typing import Any, ClassVar, Final, TextIO
 import msgspec
 import psycopg
 
-from projections import CheckpointMoved, ProjectionRunner
-from projections import sql as projection_sql
-from projections.rebuild import PROJECTIONS, rebuild
-from projections.runner import skip_stream
-from projections.status import lease_sessions, projection_status
-
-from . import integrity
-from . import sql as store_sql
-from .errors import EventStoreError, StorageUnavailable, ValidationError, first_line
-from .events import (
+from eventstore import integrity
+from eventstore import sql as store_sql
+from eventstore.connection import map_error
+from eventstore.errors import EventStoreError, StorageUnavailable, ValidationError, first_line
+from eventstore.events import (
     ANY,
     NO_STREAM,
     STREAM_EXISTS,
@@ -45,10 +40,16 @@ from .events import (
     NewEvent,
     StoredEvent,
 )
-from .schemas import ProjectionEventSkipped
-from .settings import Settings, redact
-from .sqitch import Sqitch, build_target
-from .store import EventStore, map_error
+from eventstore.settings import Settings, redact
+from eventstore.sqitch import Sqitch, build_target
+from eventstore.store import EventStore
+from projections import CheckpointMoved, ProjectionRunner
+from projections import sql as projection_sql
+from projections.rebuild import PROJECTIONS, rebuild
+from projections.runner import skip_stream
+from projections.status import lease_sessions, projection_status
+from trading import trading_registry
+from trading.events import ProjectionEventSkipped
 
 __all__ = ["main"]
 
@@ -88,7 +89,8 @@ def _dsn(args: argparse.Namespace) -> str:
 @contextmanager
 def _open_store(args: argparse.Namespace) -> Iterator[EventStore]:
     dsn = _dsn(args)
-    with EventStore.open(dsn, Settings.from_env(pool_min_size=1, pool_max_size=2)) as store:
+    settings = Settings.from_env(pool_min_size=1, pool_max_size=2)
+    with EventStore.open(dsn, settings, registry=trading_registry()) as store:
         yield store
 
 

@@ -1,7 +1,8 @@
 """Payload schemas of the trading assistant's events.
 
-Each is a frozen msgspec Struct, registered in the default registry under a
-stable type name, so the store validates every payload of that type.
+Each is a frozen msgspec Struct with a stable type name. :func:`register`
+puts them into a store's registry, so the store validates every payload of
+those types (nothing is registered by importing this module).
 Schema evolution: add fields with defaults; never change a field's type; a
 breaking change gets a new type name and an upcaster.
 """
@@ -16,11 +17,12 @@ from typing import Annotated, Any, ClassVar, Literal
 
 import msgspec
 
-from .errors import ValidationError
-from .events import default_registry
-from .limits import amount_problem, time_problem
+from eventstore import EventRegistry
+from eventstore.errors import ValidationError
+from eventstore.limits import amount_problem, time_problem
 
 __all__ = [
+    "TRADE_EXECUTED",
     "AuditEvent",
     "CashDeposited",
     "CashWithdrawn",
@@ -28,6 +30,8 @@ __all__ = [
     "ProjectionEventSkipped",
     "Trade",
     "TradeCancelled",
+    "register",
+    "trading_registry",
 ]
 
 #: Non-empty, no control characters (NUL included), at most 200 characters.
@@ -227,11 +231,23 @@ class ProjectionEventSkipped(msgspec.Struct, frozen=True, kw_only=True):
 
 
 TRADE_EXECUTED = Trade.EVENT_TYPE
-default_registry.register(PortfolioOpened.EVENT_TYPE, PortfolioOpened, time_field="opened_at")
-default_registry.register(CashDeposited.EVENT_TYPE, CashDeposited, time_field="occurred_at")
-default_registry.register(CashWithdrawn.EVENT_TYPE, CashWithdrawn, time_field="occurred_at")
-default_registry.register(TRADE_EXECUTED, Trade, time_field="executed_at")
-default_registry.register(TradeCancelled.EVENT_TYPE, TradeCancelled, time_field="occurred_at")
-default_registry.register(
-    ProjectionEventSkipped.EVENT_TYPE, ProjectionEventSkipped, time_field="occurred_at"
-)
+
+
+def register(registry: EventRegistry) -> EventRegistry:
+    """Register the trading event types in ``registry`` (idempotent), each
+    with the business-time field the database derives for it
+    (``utcp.event_time_fields``), and return it."""
+    registry.register(PortfolioOpened.EVENT_TYPE, PortfolioOpened, time_field="opened_at")
+    registry.register(CashDeposited.EVENT_TYPE, CashDeposited, time_field="occurred_at")
+    registry.register(CashWithdrawn.EVENT_TYPE, CashWithdrawn, time_field="occurred_at")
+    registry.register(TRADE_EXECUTED, Trade, time_field="executed_at")
+    registry.register(TradeCancelled.EVENT_TYPE, TradeCancelled, time_field="occurred_at")
+    registry.register(
+        ProjectionEventSkipped.EVENT_TYPE, ProjectionEventSkipped, time_field="occurred_at"
+    )
+    return registry
+
+
+def trading_registry() -> EventRegistry:
+    """A new registry holding the trading event types."""
+    return register(EventRegistry())

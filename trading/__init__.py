@@ -1,0 +1,40 @@
+"""The trading assistant's domain on top of the log: its event types
+(:mod:`trading.events`) and the storage adapter that records trades, cash
+movements and audit events (:mod:`trading.adapter`).
+
+    from eventstore import EventStore
+    from trading import StorageAdapter, trading_registry
+
+    with EventStore.open(registry=trading_registry()) as store:
+        adapter = StorageAdapter(store)
+"""
+
+from .adapter import StorageAdapter, audit_stream, portfolio_stream
+from .events import (
+    TRADE_EXECUTED,
+    AuditEvent,
+    CashDeposited,
+    CashWithdrawn,
+    PortfolioOpened,
+    ProjectionEventSkipped,
+    Trade,
+    TradeCancelled,
+    register,
+    trading_registry,
+)
+
+__all__ = [
+    "TRADE_EXECUTED",
+    "AuditEvent",
+    "CashDeposited",
+    "CashWithdrawn",
+    "PortfolioOpened",
+    "ProjectionEventSkipped",
+    "StorageAdapter",
+    "Trade",
+    "TradeCancelled",
+    "audit_stream",
+    "portfolio_stream",
+    "register",
+    "trading_registry",
+]
