@@ -107,7 +107,7 @@ class DrillFailed(Exception):
     """A check of the drill failed (or a command it runs)."""
 
 
-# -- pure helpers (tests/unit/test_drill.py) ------------------------------------
+# -- pure helpers (tests/storectl/test_drill.py) ------------------------------------
 
 
 def pgbackrest_conf(tmp: Path, data: Path, port: int) -> str:

@@ -18,7 +18,7 @@ import pytest
 from psycopg import sql
 
 from eventstore import EventStore, NewEvent, SchemaNotDeployed, Settings
-from tests.integration.conftest import admin_dsn, dsn_for, run_cli
+from tests.support.database import admin_dsn, dsn_for, run_cli
 
 
 @pytest.fixture

@@ -17,7 +17,7 @@ from psycopg import sql
 
 from eventstore import EventStore, IdempotencyConflict, NewEvent, ValidationError
 from eventstore import sql as store_sql
-from tests.integration.conftest import deployed_database
+from tests.support.database import deployed_database
 from trading import AuditEvent, StorageAdapter, Trade, trading_registry
 from trading.events import TradeCancelled
 

@@ -44,7 +44,7 @@ from eventstore import (
     StorageUnavailable,
     WrongExpectedVersion,
 )
-from tests.integration.conftest import admin_dsn, dsn_for, run_cli
+from tests.support.database import admin_dsn, dsn_for, run_cli
 
 SLOW_TRIGGER = """
 CREATE FUNCTION public.test_slow_insert() RETURNS trigger LANGUAGE plpgsql AS $$

@@ -20,10 +20,10 @@ from projections.rebuild import RebuildError, RebuildReport, rebuild
 from projections.runner import checkpoint_order
 from projections.sql import LIVE
 from projections.status import projection_status
-from tests.reference_model import reference_model
+from tests.support.database import run_cli
+from tests.support.reference_model import reference_model
 from trading import StorageAdapter
 
-from .conftest import run_cli
 from .test_replay_properties import assert_same, read_rows
 from .test_workers import (
     WAIT,

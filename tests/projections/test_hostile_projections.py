@@ -34,10 +34,9 @@ from projections import rebuild as rebuild_module
 from projections.rebuild import RebuildError, rebuild
 from projections.runner import ProjectionRunner
 from projections.status import projection_status
+from tests.support.database import deployed_database, login_role, run_cli
 from trading import StorageAdapter, Trade
 from trading.events import CashDeposited, PortfolioOpened, ProjectionEventSkipped
-
-from .conftest import deployed_database, login_role, run_cli
 
 WAIT = 60.0  # a generous bound for what takes well under a second
 #: The advisory-lock keys of the code before the lease: class "UTCP".

@@ -21,8 +21,7 @@ import pytest
 
 from eventstore import EventStore, NewEvent, StoredEvent, StoreStatus
 from storectl import cli
-
-from .conftest import dsn_for, run_cli
+from tests.support.database import dsn_for, run_cli
 
 #: Generous: a subprocess on a loaded 2-core machine. Not a timing assertion,
 #: only a bound on how long a broken test can hang.

@@ -11,7 +11,7 @@ exactly the same rows of utcp.trades, utcp.positions and utcp.portfolios:
     middle of a batch (an exception before the commit, or its backend
     terminated), and resumed by a new worker;
 (b) a rebuild from empty shadow tables, in one pass;
-(c) the plain-Python reference model of tests/reference_model.py.
+(c) the plain-Python reference model of tests/support/reference_model.py.
 
 Every column is compared, Decimals exactly (updated_at and event_position
 too: they come from the log).
@@ -49,8 +49,8 @@ from eventstore import EventStore, NewEvent, Settings, StoredEvent
 from projections.runner import ProjectionRunner
 from projections.sql import LIVE, Tables, shadow_tables
 from projections.trading import TradingProjection
-from tests.integration.conftest import deployed_database
-from tests.reference_model import reference_model
+from tests.support.database import deployed_database
+from tests.support.reference_model import reference_model
 from trading.events import (
     AuditEvent,
     CashDeposited,

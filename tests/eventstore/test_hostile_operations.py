@@ -35,7 +35,7 @@ from psycopg import errors as pg_errors
 from psycopg import sql
 
 from eventstore import EventStore, NewEvent, Settings, StorageError
-from tests.integration.conftest import (
+from tests.support.database import (
     admin_dsn,
     deployed_database,
     dsn_for,

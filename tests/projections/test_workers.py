@@ -27,10 +27,9 @@ import pytest
 from eventstore import EventStore, NewEvent, Settings, StoredEvent
 from projections.rebuild import rebuild
 from projections.status import ProjectionStatus, projection_status
+from tests.support.database import deployed_database, run_cli
 from trading import StorageAdapter, Trade
 from trading.events import CashDeposited, PortfolioOpened, TradeCancelled
-
-from .conftest import deployed_database, run_cli
 
 WAIT = 60.0  # a generous bound for things that take well under a second
 

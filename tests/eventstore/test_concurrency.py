@@ -33,7 +33,7 @@ from eventstore import (
     StoredEvent,
     WrongExpectedVersion,
 )
-from tests.integration.conftest import admin_dsn, dsn_for, run_cli
+from tests.support.database import admin_dsn, dsn_for, run_cli
 
 JITTER_TRIGGER = """
 CREATE FUNCTION public.test_commit_jitter() RETURNS trigger LANGUAGE plpgsql AS $$

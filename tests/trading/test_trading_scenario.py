@@ -24,7 +24,7 @@ from psycopg.rows import dict_row
 from eventstore import AppendResult, EventStore, Settings
 from projections.queries import get_portfolio, get_positions
 from projections.runner import ProjectionRunner
-from tests.integration.conftest import deployed_database
+from tests.support.database import deployed_database
 from trading import AuditEvent, StorageAdapter, Trade
 from trading.events import CashDeposited, CashWithdrawn, PortfolioOpened, TradeCancelled
 

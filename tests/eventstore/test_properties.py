@@ -28,8 +28,8 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 
 from eventstore import ANY, EventStore, NewEvent, Settings, StoredEvent
-from tests.integration.conftest import admin_dsn, dsn_for, run_cli
-from tests.integration.test_crash_retry import FaultInjector
+from tests.eventstore.test_crash_retry import FaultInjector
+from tests.support.database import admin_dsn, dsn_for, run_cli
 
 APP_NAME = f"utcp-props-{uuid.uuid4().hex[:8]}"
 

@@ -19,7 +19,7 @@ import pytest
 
 from eventstore import EventStore, IdempotencyConflict, NewEvent, Settings, ValidationError
 from eventstore.events import EventRegistry
-from tests.integration.conftest import login_role, run_cli
+from tests.support.database import login_role, run_cli
 
 SETTINGS = Settings(pool_min_size=1, pool_max_size=2, retry_attempts=1)
 APPEND = (

@@ -31,7 +31,7 @@ import pytest
 from psycopg import sql
 
 from eventstore import EventStore, IntegrityViolation, NewEvent, Settings, integrity
-from tests.integration.conftest import admin_dsn, deployed_database, dsn_for, login_role, run_cli
+from tests.support.database import admin_dsn, deployed_database, dsn_for, login_role, run_cli
 
 TABLES = ("stored_events", "idempotency_keys", "chain_anchors")
 

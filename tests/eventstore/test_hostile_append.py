@@ -36,7 +36,7 @@ from eventstore import (
     ValidationError,
     limits,
 )
-from tests.integration.conftest import deployed_database, login_role
+from tests.support.database import deployed_database, login_role
 from trading import StorageAdapter, trading_registry
 from trading.events import ProjectionEventSkipped
 

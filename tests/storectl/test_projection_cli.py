@@ -19,10 +19,7 @@ from eventstore import EventStore, Settings
 from projections import ProjectionRunner
 from projections.status import projection_status
 from storectl.cli import ProgressDisplay, progress_line
-from trading import StorageAdapter
-
-from .conftest import run_cli
-from .test_workers import (
+from tests.projections.test_workers import (
     WAIT,
     TradingDesk,
     Writer,
@@ -32,6 +29,8 @@ from .test_workers import (
     stop_worker,
     wait_until,
 )
+from tests.support.database import run_cli
+from trading import StorageAdapter
 
 
 @pytest.fixture(scope="module")

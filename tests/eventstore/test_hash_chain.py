@@ -19,7 +19,7 @@ import psycopg
 import pytest
 
 from eventstore import Anchor, ChainReport, EventStore, NewEvent, Settings
-from tests.integration.conftest import deployed_database
+from tests.support.database import deployed_database
 
 TRIGGER = "stored_events_no_update_delete"
 

@@ -43,6 +43,7 @@ from storectl.demo import (
     format_quantity,
     generate_session,
 )
+from tests.support.database import admin_dsn, dsn_for, run_cli
 from trading import StorageAdapter
 from trading.adapter import portfolio_stream
 from trading.events import (
@@ -53,8 +54,6 @@ from trading.events import (
     Trade,
     TradeCancelled,
 )
-
-from .conftest import admin_dsn, dsn_for, run_cli
 
 #: Bounds on how long a broken run can hang (not timing assertions).
 RUN_TIMEOUT = 300.0

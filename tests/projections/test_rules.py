@@ -1,5 +1,5 @@
 """projections.rules against hand-computed values (docs/trading-rules.md)
-and against the independent reference model (tests/reference_model.py)."""
+and against the independent reference model (tests/support/reference_model.py)."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from projections.rules import (
     replay_fills,
     round_cost,
 )
-from tests.reference_model import avg_cost_rounded, fold_position, reference_model
+from tests.support.reference_model import avg_cost_rounded, fold_position, reference_model
 
 D = Decimal
 #: For the tests' own sums: exact or an exception, never a silent rounding.

@@ -19,8 +19,7 @@ from eventstore import (
     Settings,
     StoredEvent,
 )
-
-from .conftest import deployed_database, run_cli
+from tests.support.database import deployed_database, run_cli
 
 HORIZON_WAIT = 60.0
 

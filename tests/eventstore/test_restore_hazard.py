@@ -24,7 +24,7 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 
 from eventstore import EventStore, LogOrderHazard, NewEvent, Settings
-from tests.integration.conftest import admin_dsn, dsn_for, run_cli
+from tests.support.database import admin_dsn, dsn_for, run_cli
 
 #: A correctly hashed version-1 event, written by the owner with a tx_id far
 #: ahead of the cluster: what a logical restore into a new cluster looks like.
