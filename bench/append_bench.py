@@ -491,12 +491,11 @@ class Bench:
         return results
 
     def check_tables(self) -> tuple[int, int]:
-        with self.store.connection() as conn:
-            row = conn.execute(
-                "SELECT (SELECT count(*) FROM utcp.stored_events), "
-                "(SELECT count(*) FROM bench.raw_events)"
-            ).fetchone()
-        assert row is not None
+        (row,) = self.store.query(
+            "bench_count",
+            "SELECT (SELECT count(*) FROM utcp.stored_events), "
+            "(SELECT count(*) FROM bench.raw_events)",
+        )
         store_rows, raw_rows = int(row[0]), int(row[1])
         if not store_rows == raw_rows == self.written:
             raise CountMismatch(

@@ -3,10 +3,22 @@ event log on PostgreSQL.
 
     from eventstore import EventStore, NewEvent
     with EventStore.open("postgresql://…/utcp") as store:
-        store.append("portfolio-42", [NewEvent("CashDeposited", {"amount": "100"})])
+        store.append("portfolio-42", [NewEvent("NoteAdded", {"text": "hello"})])
+
+Everything a caller needs is exported here, with the package as its module
+(``eventstore.StoredEvent``, not ``eventstore.events.StoredEvent``); the
+modules behind it are the implementation. Two submodules are public too:
+:mod:`eventstore.sqitch` (deploy the schema) and :mod:`eventstore.watchdog`
+(client-side deadlines, for code that holds connections of its own next to
+the store, like the projection worker). docs/architecture.md describes the
+layers and the one extension point for read models, :meth:`EventStore.query`.
 """
 
-from .chain import Anchor, ChainReport
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as _distribution_version
+
+from . import sqitch, watchdog
+from .chain import DEFAULT_ANCHOR_LOCK_TIMEOUT, Anchor, AnchorProblem, ChainProblem, ChainReport
 from .errors import (
     AppendOutcomeUnknown,
     CheckpointNotInLog,
@@ -28,26 +40,43 @@ from .events import (
     STREAM_EXISTS,
     AppendResult,
     EventRegistry,
+    EventSchema,
+    ExpectedVersion,
     NewEvent,
     StoredEvent,
 )
 from .health import StoreStatus
+from .public import present_as_package
 from .settings import Settings
 from .store import EventStore
 
+#: The distribution's name on an index (pyproject.toml).
+DISTRIBUTION = "utcp-eventstore"
+
+try:
+    #: The version of the installed distribution (pyproject.toml is its one source).
+    __version__ = _distribution_version(DISTRIBUTION)
+except PackageNotFoundError:  # imported from a checkout that was never installed
+    __version__ = "0+unknown"
+
 __all__ = [
     "ANY",
+    "DEFAULT_ANCHOR_LOCK_TIMEOUT",
     "NO_STREAM",
     "STREAM_EXISTS",
     "Anchor",
+    "AnchorProblem",
     "AppendOutcomeUnknown",
     "AppendResult",
+    "ChainProblem",
     "ChainReport",
     "CheckpointNotInLog",
     "DuplicateEventId",
     "EventRegistry",
+    "EventSchema",
     "EventStore",
     "EventStoreError",
+    "ExpectedVersion",
     "IdempotencyConflict",
     "IntegrityViolation",
     "LogOrderHazard",
@@ -61,4 +90,10 @@ __all__ = [
     "StoredEvent",
     "ValidationError",
     "WrongExpectedVersion",
+    "__version__",
+    "present_as_package",
+    "sqitch",
+    "watchdog",
 ]
+
+present_as_package(__name__, globals())

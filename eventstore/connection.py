@@ -294,8 +294,9 @@ class Database:
 
     @contextmanager
     def raw_connection(self) -> Iterator[psycopg.Connection[Any]]:
-        """A pooled connection (autocommit), for callers building on the
-        store (projections, tests). Prefer the methods below."""
+        """A pooled connection (autocommit), without a deadline: for the
+        white-box tests of the pool (tests/support/database.py). Not part
+        of the public API, which offers EventStore.query instead."""
         with self.pool.connection() as conn:
             yield conn
 

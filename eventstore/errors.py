@@ -60,6 +60,12 @@ class EventStoreError(Exception):
         ctx = ", ".join(f"{k}={v!r}" for k, v in self.context().items())
         return f"{self.message} ({ctx})" if ctx else self.message
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Exception's own pickling calls type(self)(*self.args), which the
+        # keyword-only context of the subclasses does not survive: rebuild
+        # without __init__, then restore every attribute (message, context).
+        return (_unpickle, (type(self), self.args), self.__dict__)
+
 
 class ValidationError(EventStoreError, ValueError):
     """Bad input: nothing was written. ``field`` names the offending field."""
@@ -168,3 +174,11 @@ def first_line(exc: BaseException) -> str:
     what one-line errors quote of a driver's message."""
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _unpickle(cls: type[EventStoreError], args: tuple[Any, ...]) -> EventStoreError:
+    """An error of ``cls`` with ``args``, before its attributes are restored
+    (:meth:`EventStoreError.__reduce__`)."""
+    error = cls.__new__(cls, *args)
+    error.args = args
+    return error

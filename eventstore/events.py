@@ -27,7 +27,6 @@ __all__ = [
     "ExpectedVersion",
     "NewEvent",
     "StoredEvent",
-    "default_registry",
     "uuid7",
 ]
 
@@ -159,11 +158,6 @@ class EventRegistry:
         if schema is None:
             return event.data
         return msgspec.convert(event.data, schema.struct, strict=False)
-
-
-#: The registry used when a store is opened without one. The trading
-#: schemas (trading.events) register themselves here.
-default_registry = EventRegistry()
 
 
 _last_ms = 0

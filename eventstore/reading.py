@@ -3,10 +3,11 @@ queries served by the log's indexes."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Mapping, Sequence
+from typing import Any, LiteralString
 
 from psycopg.rows import dict_row
+from psycopg.sql import SQL, Composed
 
 from . import sql
 from .checkpoint import checkpoint_not_in_log, format_checkpoint, parse_checkpoint
@@ -66,7 +67,7 @@ class Reader:
 
         Every committed event exactly once, in one order that is the same
         for every reader, and never behind a checkpoint already handed out,
-        however writers' commits interleave (DESIGN.md §4). An empty page
+        however writers' commits interleave (docs/design.md, "The global order"). An empty page
         means "nothing more committed yet".
         """
         tx, pos = parse_checkpoint(after)
@@ -137,9 +138,20 @@ class Reader:
         }
         return self._fetch_events("find_events", query, params)
 
-    def query(self, operation: str, query: Any, params: Any, *, by_name: bool = False) -> list[Any]:
+    def query(
+        self,
+        operation: str,
+        query: LiteralString | SQL | Composed,
+        params: Sequence[Any] | Mapping[str, Any],
+        *,
+        by_name: bool = False,
+    ) -> list[Any]:
+        """Rows of a read-only query (:meth:`EventStore.query`): the database
+        refuses any write in its transaction."""
+
         def work(_: int) -> list[Any]:
-            with self._db.connection() as conn:
+            with self._db.connection() as conn, conn.transaction():
+                conn.execute(sql.READ_ONLY)
                 cur = conn.cursor(row_factory=dict_row) if by_name else conn.cursor()
                 return cur.execute(query, params).fetchall()
 

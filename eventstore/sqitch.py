@@ -13,8 +13,10 @@ parameter (``sslpassword``) through a private libpq service file
 DBD::Pg and the ``psql`` that Sqitch runs read.
 
 Sqitch runs in the project directory, where ``sqitch.plan`` lives: the
-``project_dir`` argument, else ``$EVENTSTORE_SQITCH_DIR``, else the parent of
-this package's directory (the repository root in a source checkout).
+``project_dir`` argument, else ``$EVENTSTORE_SQITCH_DIR``, else the copy of
+the project an installed package carries (``eventstore/_sqitch/``, made
+when the wheel is built: docs/packaging.md), else the parent of this
+package's directory (the repository root in a source checkout).
 """
 
 from __future__ import annotations
@@ -205,11 +207,17 @@ def _one_line(exc: BaseException) -> str:
     return re.sub(r"\s+", " ", str(exc)).strip() or type(exc).__name__
 
 
+#: Where a built package keeps its copy of the Sqitch project (setup.py).
+PACKAGED_PROJECT_DIR = Path(__file__).resolve().parent / "_sqitch"
+
+
 def _default_project_dir(environ: Mapping[str, str]) -> Path:
     configured = environ.get(PROJECT_DIR_ENV)
     if configured:
         return Path(configured)
-    return Path(__file__).resolve().parent.parent
+    if (PACKAGED_PROJECT_DIR / "sqitch.plan").is_file():  # an installed wheel
+        return PACKAGED_PROJECT_DIR
+    return PACKAGED_PROJECT_DIR.parent.parent  # a source checkout: the repository root
 
 
 class Sqitch:

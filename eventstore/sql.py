@@ -68,6 +68,10 @@ SELECT EXISTS (SELECT 1 FROM utcp.stored_events
 # A wake-up hint for live readers, sent after appends commit (eventstore.notify).
 NOTIFY: Final = "SELECT pg_notify(%s, '')"
 
+# EventStore.query, the extension point for read models: their queries run
+# in a transaction that the database keeps from writing anything.
+READ_ONLY: Final = "SET TRANSACTION READ ONLY"
+
 EVENTS_BY_ID: Final = """
 SELECT stream_id, stream_version, position, event_id, type, data, metadata
   FROM utcp.stored_events

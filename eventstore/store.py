@@ -9,12 +9,11 @@ mapping (:mod:`eventstore.connection`), the write path
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from types import TracebackType
-from typing import Any
+from typing import Any, LiteralString
 
-import psycopg
+from psycopg.sql import SQL, Composed
 
 from . import chain, health
 from .chain import DEFAULT_ANCHOR_LOCK_TIMEOUT, Anchor, ChainReport
@@ -34,7 +33,15 @@ class EventStore:
     Thread-safe: one store serves many threads through its pool.
     """
 
-    def __init__(self, db: Database, registry: EventRegistry | None = None) -> None:
+    def __init__(
+        self,
+        dsn: str | None = None,
+        settings: Settings | None = None,
+        *,
+        registry: EventRegistry | None = None,
+    ) -> None:
+        """Connect: the same as :meth:`open`."""
+        db = Database.open(dsn, settings)
         self._db = db
         self._writer = Writer(db, registry if registry is not None else EventRegistry())
         self._reader = Reader(db)
@@ -66,7 +73,7 @@ class EventStore:
         ``dsn`` defaults to the ``EVENTSTORE_DSN`` environment variable;
         ``settings`` to :meth:`Settings.from_env`.
         """
-        return cls(Database.open(dsn, settings), registry)
+        return cls(dsn, settings, registry=registry)
 
     def close(self) -> None:
         """Close every connection. Idempotent."""
@@ -83,13 +90,6 @@ class EventStore:
         tb: TracebackType | None,
     ) -> None:
         self.close()
-
-    @contextmanager
-    def connection(self) -> Iterator[psycopg.Connection[Any]]:
-        """A pooled connection (autocommit), for callers building on the
-        store (projections, tests). Prefer the methods below."""
-        with self._db.raw_connection() as conn:
-            yield conn
 
     # -- writing ------------------------------------------------------------
 
@@ -137,7 +137,7 @@ class EventStore:
 
         Every committed event exactly once, in one order that is the same
         for every reader, and never behind a checkpoint already handed out,
-        however writers' commits interleave (DESIGN.md §4). An empty page
+        however writers' commits interleave (docs/design.md, "The global order"). An empty page
         means "nothing more committed yet".
         """
         return self._reader.read_all(after=after, limit=limit, types=types)
@@ -166,9 +166,26 @@ class EventStore:
             limit=limit,
         )
 
-    def query(self, operation: str, query: Any, params: Any, *, by_name: bool = False) -> list[Any]:
-        """Rows of a read-only query, with the store's retries and errors
-        (for read models built on the store, like the adapter's)."""
+    def query(
+        self,
+        operation: str,
+        query: LiteralString | SQL | Composed,
+        params: Sequence[Any] | Mapping[str, Any] = (),
+        *,
+        by_name: bool = False,
+    ) -> list[Any]:
+        """Rows of a read-only query: the one extension point for read
+        models built on the store (the trading adapter's checks, the
+        projections' tables; docs/architecture.md, "Building on the store").
+
+        The query runs in a ``READ ONLY`` transaction, so the database
+        refuses any write whatever the role may do; with the store's
+        retries and client-side deadlines, and failures mapped to an
+        :class:`EventStoreError` naming ``operation``. ``query`` is a
+        literal or a ``psycopg.sql`` composition with its values in
+        ``params`` (never formatted into the text). Rows are tuples, or
+        dicts by column name with ``by_name=True``.
+        """
         return self._reader.query(operation, query, params, by_name=by_name)
 
     # -- operations ---------------------------------------------------------

@@ -23,7 +23,7 @@ import msgspec
 import psycopg
 
 from eventstore import StoredEvent
-from trading.events import (
+from trading import (
     CashDeposited,
     CashWithdrawn,
     PortfolioOpened,

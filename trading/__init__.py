@@ -7,7 +7,11 @@ movements and audit events (:mod:`trading.adapter`).
 
     with EventStore.open(registry=trading_registry()) as store:
         adapter = StorageAdapter(store)
+
+Every public type is exported here, with the package as its module.
 """
+
+from eventstore import present_as_package
 
 from .adapter import StorageAdapter, audit_stream, portfolio_stream
 from .events import (
@@ -38,3 +42,5 @@ __all__ = [
     "register",
     "trading_registry",
 ]
+
+present_as_package(__name__, globals())

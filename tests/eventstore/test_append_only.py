@@ -18,6 +18,7 @@ import psycopg
 import pytest
 
 from eventstore import EventStore, NewEvent
+from tests.support.database import pooled_connection
 
 TABLES = ["utcp.stored_events", "utcp.idempotency_keys"]
 
@@ -190,5 +191,5 @@ def test_writer_role_appends_only_through_the_append_function(
 
 def test_the_stores_own_connections_cannot_delete(store: EventStore) -> None:
     """The store's pooled connections (the writer role) cannot change the log either."""
-    with store.connection() as conn, pytest.raises(psycopg.errors.InsufficientPrivilege):
+    with pooled_connection(store) as conn, pytest.raises(psycopg.errors.InsufficientPrivilege):
         conn.execute("DELETE FROM utcp.stored_events")

@@ -36,7 +36,7 @@ from eventstore import (
     ValidationError,
     limits,
 )
-from tests.support.database import deployed_database, login_role
+from tests.support.database import deployed_database, login_role, pooled_connection
 from trading import StorageAdapter, trading_registry
 from trading.events import ProjectionEventSkipped
 
@@ -332,7 +332,7 @@ def test_the_store_maps_a_database_refusal_to_a_validation_error(hostile_dsn: st
 
 
 def test_the_databases_limits_are_the_clients(root_store: EventStore) -> None:
-    with root_store.connection() as conn:
+    with pooled_connection(root_store) as conn:
         row = conn.execute("SELECT * FROM utcp.log_limits()").fetchone()
     assert row is not None
     (ids, type_length, event, batch, batch_bytes, depth, exponent, earliest, latest) = row[:9]
@@ -367,7 +367,7 @@ def test_the_databases_limits_are_the_clients(root_store: EventStore) -> None:
         " \u3000\u00a0",
         " x",
     ]
-    with root_store.connection() as conn:
+    with pooled_connection(root_store) as conn:
         for pattern in (types, times, blank):
             for sample in samples:
                 row = conn.execute("SELECT %s::text ~ %s", (sample, pattern)).fetchone()
@@ -429,7 +429,7 @@ def test_symbol_and_time_are_derived_from_the_payload(
 
 
 def test_the_time_fields_agree_with_the_registry(root_store: EventStore) -> None:
-    with root_store.connection() as conn:
+    with pooled_connection(root_store) as conn:
         rows = dict(conn.execute("SELECT type, time_field FROM utcp.event_time_fields").fetchall())
     registry = {
         name: schema.time_field or "occurred_at"
@@ -501,7 +501,7 @@ def test_recorded_by_is_the_session_role_and_cannot_be_forged(
             raw_append(conn, stream, [{"type": "T", "data": {}, "recorded_by": "head-of-ops"}])
         assert info.value.sqlstate == "UT004" and "recorded_by" in str(info.value)
         raw_append(conn, stream, [{"type": "T", "data": {}}])
-    with root_store.connection() as conn:
+    with pooled_connection(root_store) as conn:
         row = conn.execute(
             "SELECT recorded_by, hash_version FROM utcp.stored_events WHERE stream_id = %s",
             (stream,),
@@ -557,7 +557,7 @@ def test_shifted_fields_hash_differently_under_scheme_2(root_store: EventStore) 
         " %(meta)s, %(symbol)s, 'epoch', 'epoch', 'writer')"
     )
     event_id = uuid.uuid4()
-    with root_store.connection() as conn:
+    with pooled_connection(root_store) as conn:
         rows = [
             conn.execute(
                 query, {"id": event_id, "type": t, "data": d, "meta": m, "symbol": s}
@@ -607,7 +607,7 @@ def test_verify_checks_each_event_under_its_own_scheme(root_store: EventStore) -
     """A stream whose first event is hashed under scheme 1 (written before
     this change) continues under scheme 2, and verifies."""
     stream = f"mixed-{uuid.uuid4().hex[:8]}"
-    with root_store.connection() as conn:
+    with pooled_connection(root_store) as conn:
         conn.execute(
             "INSERT INTO utcp.stored_events (event_id, stream_id, stream_version, type, data,"
             " occurred_at, created_at, hash, hash_version)"
@@ -722,7 +722,7 @@ def test_event_content_v2_is_hash_v2s_encoding(
         " %(meta)s, %(symbol)s, %(at)s, %(at)s, %(who)s),"
         " sha256(" + expected + ")"
     )
-    with root_store.connection() as conn:
+    with pooled_connection(root_store) as conn:
         row = conn.execute(query, params).fetchone()
     assert row is not None
     assert row[0] == row[1] and row[2] == row[3]
@@ -786,7 +786,7 @@ def test_the_length_thresholds_are_the_shortest_violating_texts(root_store: Even
         f" && (@ >= 1e{e} || @ <= -1e{e} || (@ != 0 && @ > -1e-{e} && @ < 1e-{e})))"
     )
     deepest = "[" * (limits.MAX_DEPTH + 1) + "]" * (limits.MAX_DEPTH + 1)
-    with root_store.connection() as conn:
+    with pooled_connection(root_store) as conn:
         row = conn.execute(
             "SELECT octet_length(%(deep)s::jsonb::text), jsonb_path_exists(%(deep)s::jsonb,"
             " %(dpath)s::jsonpath), jsonb_path_exists(%(shallow)s::jsonb, %(dpath)s::jsonpath),"
@@ -872,7 +872,7 @@ def test_a_large_mixed_batch_keeps_its_order(attacker: str, root_store: EventSto
     stream = f"order-{uuid.uuid4().hex[:8]}"
     with psycopg.connect(attacker, autocommit=True) as conn:
         raw_append(conn, stream, events)
-    with root_store.connection() as conn:
+    with pooled_connection(root_store) as conn:
         rows = conn.execute(
             "SELECT stream_version, event_id::text, symbol, occurred_at, type"
             " FROM utcp.stored_events WHERE stream_id = %s ORDER BY stream_version",

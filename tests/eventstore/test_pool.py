@@ -11,6 +11,7 @@ import psycopg
 import pytest
 
 from eventstore import EventStore, NewEvent, Settings
+from tests.support.database import pooled_connection
 
 
 @pytest.fixture
@@ -23,7 +24,7 @@ def pooled(database_dsn: str) -> Iterator[EventStore]:
 
 
 def backend_pid(store: EventStore) -> int:
-    with store.connection() as conn:
+    with pooled_connection(store) as conn:
         return conn.info.backend_pid
 
 
@@ -42,7 +43,7 @@ def test_overlapping_callers_get_different_connections(pooled: EventStore) -> No
     ready = threading.Barrier(5)
 
     def hold() -> None:
-        with pooled.connection() as conn:
+        with pooled_connection(pooled) as conn:
             held.append(conn.info.backend_pid)
             ready.wait(timeout=30)
             release.wait(timeout=30)

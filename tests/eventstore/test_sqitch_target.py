@@ -358,6 +358,22 @@ def test_project_dir_resolution(tmp_path: Path) -> None:
     assert Sqitch(other, environ={"EVENTSTORE_SQITCH_DIR": str(tmp_path)}).project_dir == other
 
 
+def test_an_installed_package_uses_its_own_copy_of_the_project(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    packaged = tmp_path / "_sqitch"
+    monkeypatch.setattr(sq, "PACKAGED_PROJECT_DIR", packaged)
+    packaged.mkdir()
+    # No plan in it (a checkout): the directory above the package.
+    assert Sqitch(environ={}).project_dir == tmp_path.parent
+    (packaged / "sqitch.plan").write_text("%project=utcp\n")
+    assert Sqitch(environ={}).project_dir == packaged
+    # The environment and the argument still win over it.
+    other = tmp_path / "other"
+    assert Sqitch(environ={"EVENTSTORE_SQITCH_DIR": str(other)}).project_dir == other
+    assert Sqitch(other, environ={}).project_dir == other
+
+
 # -- secrets: never in a URI, a repr, a message or a command line ---------------
 
 SSL_PW = "sslS3cret"

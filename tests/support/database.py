@@ -96,6 +96,15 @@ def deployed_database(prefix: str) -> Iterator[str]:
             )
 
 
+@contextmanager
+def pooled_connection(store: EventStore) -> Iterator[psycopg.Connection[Any]]:
+    """White box: a connection of ``store``'s own pool (its role, its
+    session settings, autocommit). The public API has no raw connection;
+    read models use the read-only ``EventStore.query``."""
+    with store._db.raw_connection() as conn:
+        yield conn
+
+
 @pytest.fixture(scope="session")
 def database_dsn() -> Iterator[str]:
     """A fresh database with the schema deployed through `eventstore db deploy`."""
