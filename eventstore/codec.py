@@ -1,6 +1,6 @@
 """Validation and encoding of appends, before anything touches the database.
 
-Everything invariant 7 of DESIGN.md refuses is refused here, with a
+Everything invariant 7 of docs/design.md refuses is refused here, with a
 :class:`ValidationError` that names the field, so a bad batch writes nothing.
 The batch is encoded once, by msgspec, into the JSON array that
 ``utcp.append_events()`` takes as its one jsonb parameter.

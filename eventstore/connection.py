@@ -83,7 +83,7 @@ def _redacted_copy(exc: psycopg.Error, dsn: str) -> psycopg.Error:
 
 class _OrderGuard:
     """Refuses appends while the log's transaction ids are ahead of the
-    cluster's (DESIGN.md §4, "Restores").
+    cluster's (docs/design.md §4, "Restores").
 
     Checked on every new connection: the counter can only go backwards by
     moving to another cluster, and that always means new connections. The

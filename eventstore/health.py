@@ -21,7 +21,7 @@ class StoreStatus(msgspec.Struct, frozen=True):
     last_position: int | None
     last_event_at: Any
     #: Age of the oldest transaction in the cluster that holds back the
-    #: global readers' horizon (DESIGN.md §4, "Stalls"), and its backend pid
+    #: global readers' horizon (docs/design.md §4, "Stalls"), and its backend pid
     #: (None for a prepared transaction). The age is None when the schema's
     #: owner may not see other roles' sessions (docs/runbook.md, "Stalls").
     oldest_transaction_seconds: float | None

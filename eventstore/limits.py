@@ -15,7 +15,7 @@ to 12 places.
 The log's own limits (identifiers, sizes, depth, numbers, time strings) are
 enforced twice: here, by the client first, and by the database
 (``utcp.log_limits()``, sqitch/deploy/append_guarded.sql), whoever calls it.
-The numbers are the same (tests/integration/test_hostile_append.py compares
+The numbers are the same (tests/eventstore/test_hostile_append.py compares
 them). Readers load the stored jsonb through psycopg and msgspec: a number
 like ``1e5000`` becomes a 5001-digit integer msgspec refuses ("Integer value
 out of range" past 4300 digits), a non-integer past 1.8e308 is "Number out

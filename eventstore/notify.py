@@ -1,7 +1,7 @@
 """Wake-up hints for live readers, sent after appends commit.
 
 NOTIFY inside an append transaction would take a cluster-wide lock at
-commit and serialise every committing writer (DESIGN.md §4). Instead the
+commit and serialise every committing writer (docs/design.md §4). Instead the
 store pokes this notifier after an append returns; a background thread
 sends one ``pg_notify`` for any number of appends within ``min_interval``.
 Correctness never depends on it: readers poll anyway, and a lost

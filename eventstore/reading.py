@@ -67,7 +67,7 @@ class Reader:
 
         Every committed event exactly once, in one order that is the same
         for every reader, and never behind a checkpoint already handed out,
-        however writers' commits interleave (docs/design.md, "The global order"). An empty page
+        however writers' commits interleave (docs/design.md §4). An empty page
         means "nothing more committed yet".
         """
         tx, pos = parse_checkpoint(after)

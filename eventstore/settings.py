@@ -41,7 +41,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     #: Server-side cap on one statement (0 disables). Appends are one statement.
     statement_timeout: float = 30.0
     #: A session idle inside a transaction is killed after this long, so it
-    #: cannot pin the global readers' horizon (DESIGN.md §4, "Stalls").
+    #: cannot pin the global readers' horizon (docs/design.md §4, "Stalls").
     idle_in_transaction_session_timeout: float = 60.0
     #: Shown in pg_stat_activity.
     application_name: str = "eventstore"

@@ -33,7 +33,7 @@ SELECT {EVENT_COLUMNS}
 STREAM_VERSION: Final = """
 SELECT coalesce(max(stream_version), 0) FROM utcp.stored_events WHERE stream_id = %s"""
 
-# DESIGN.md §4: page in (tx_id, position) order, and only through rows whose
+# docs/design.md §4: page in (tx_id, position) order, and only through rows whose
 # transaction is older than every transaction still running, so no row can
 # later appear behind a reader's checkpoint.
 #
@@ -121,7 +121,7 @@ SELECT to_regclass('utcp.stored_events') IS NOT NULL,
 TIME_FIELDS: Final = "SELECT type, time_field FROM utcp.event_time_fields"
 
 # A logical restore into a new cluster leaves stored transaction ids ahead
-# of the cluster's counter (DESIGN.md §4, "Restores").
+# of the cluster's counter (docs/design.md §4, "Restores").
 XID_HAZARD: Final = """
 SELECT max(tx_id)::text, pg_snapshot_xmax(pg_current_snapshot())::text,
        max(tx_id) >= pg_snapshot_xmax(pg_current_snapshot())

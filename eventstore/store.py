@@ -137,7 +137,7 @@ class EventStore:
 
         Every committed event exactly once, in one order that is the same
         for every reader, and never behind a checkpoint already handed out,
-        however writers' commits interleave (docs/design.md, "The global order"). An empty page
+        however writers' commits interleave (docs/design.md §4). An empty page
         means "nothing more committed yet".
         """
         return self._reader.read_all(after=after, limit=limit, types=types)

@@ -1,4 +1,4 @@
-"""The trading rules of DESIGN.md §5, as pure functions on Decimals.
+"""The trading rules of docs/design.md §5, as pure functions on Decimals.
 
 Average-cost positions, long and short; fees kept apart; cash. The one
 rounding rule (docs/trading-rules.md) lives in :func:`round_cost`, and is

@@ -265,7 +265,7 @@ def _signed(trade: Trade) -> Decimal:
 
 class _Book:
     """What the generator knows of each portfolio, to decide realistically:
-    cash and the live (not cancelled) trades, by the rules of DESIGN.md §5."""
+    cash and the live (not cancelled) trades, by the rules of docs/design.md §5."""
 
     def __init__(self) -> None:
         self.cash: dict[str, Decimal] = {}

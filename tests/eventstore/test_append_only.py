@@ -1,4 +1,4 @@
-"""Append-only (DESIGN.md §2, invariant 1): the database itself refuses
+"""Append-only (docs/design.md §2, invariant 1): the database itself refuses
 UPDATE, DELETE and TRUNCATE on the log and on the idempotency keys.
 
 Two lines of defence, each tested on its own: privileges stop the

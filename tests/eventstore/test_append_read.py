@@ -1,5 +1,5 @@
 """Append and read round trips, and optimistic concurrency per stream
-(DESIGN.md §2, invariant 3), against the real database through the public API."""
+(docs/design.md §2, invariant 3), against the real database through the public API."""
 
 from __future__ import annotations
 

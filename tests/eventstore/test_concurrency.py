@@ -1,4 +1,4 @@
-"""Concurrent writers and readers (DESIGN.md §2, invariants 2, 3 and 4).
+"""Concurrent writers and readers (docs/design.md §2, invariants 2, 3 and 4).
 
 Everything here runs in a throwaway database whose log has a test-only
 trigger that sleeps a random 0-5 ms after each inserted row, so that
@@ -107,7 +107,7 @@ def run_threads(count: int, target: Callable[[int], None]) -> None:
 
 def all_visible(store: EventStore) -> bool:
     """No committed event is held back from readers by a transaction still
-    running somewhere in the cluster (DESIGN.md §4: latency, not correctness)."""
+    running somewhere in the cluster (docs/design.md §4: latency, not correctness)."""
     return store.status().events_behind_horizon == 0
 
 

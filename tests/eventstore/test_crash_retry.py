@@ -1,5 +1,5 @@
 """Crashes in the middle of an append, and what the retries do about them
-(DESIGN.md §2, invariants 2 and 8).
+(docs/design.md §2, invariants 2 and 8).
 
 Two ways to break an append:
 

@@ -1,4 +1,4 @@
-"""Tamper evidence (DESIGN.md §2, invariant 5): each event's hash chains to
+"""Tamper evidence (docs/design.md §2, invariant 5): each event's hash chains to
 the previous event of its stream, and verify_chain() finds any changed,
 removed or re-ordered event.
 
@@ -240,7 +240,7 @@ def anchor_everything(store: EventStore) -> Anchor:
 
 def test_a_deleted_last_event_is_detected_by_the_anchors(chain_db: ChainDb) -> None:
     """Removing the newest event of a stream leaves a chain that is valid in
-    itself; the anchors taken after it show the removal (DESIGN.md §2.5;
+    itself; the anchors taken after it show the removal (docs/design.md §2.5;
     docs/architecture.md, "Tamper evidence")."""
     stream = chain_db.new_stream()
     anchor = anchor_everything(chain_db.store)

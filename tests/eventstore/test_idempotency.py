@@ -1,4 +1,4 @@
-"""Exactly once (DESIGN.md §2, invariant 2) and all-or-nothing batches.
+"""Exactly once (docs/design.md §2, invariant 2) and all-or-nothing batches.
 
 Idempotent retries, key conflicts, keys kept for good, caller-given event
 ids, and batches that fail half-way (in Python or in the database) writing

@@ -105,7 +105,7 @@ batches = st.lists(
 
 def wait_all_visible(store: EventStore) -> None:
     """Transactions elsewhere in the cluster can hold readers back for a
-    while (DESIGN.md §4: latency, not correctness)."""
+    while (docs/design.md §4: latency, not correctness)."""
     deadline = time.monotonic() + 60
     while store.status().events_behind_horizon and time.monotonic() < deadline:
         time.sleep(0.05)

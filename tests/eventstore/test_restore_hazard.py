@@ -1,4 +1,4 @@
-"""The restore hazard (DESIGN.md §4, "Restores"; docs/runbook.md, "Restores").
+"""The restore hazard (docs/design.md §4, "Restores"; docs/runbook.md, "Restores").
 
 After a logical restore into a new cluster, the log holds transaction ids
 ahead of the cluster's counter: new events would sort before old ones, and a

@@ -1,4 +1,4 @@
-"""Bad input gets a clear error and writes nothing (DESIGN.md §2, invariant 7).
+"""Bad input gets a clear error and writes nothing (docs/design.md §2, invariant 7).
 
 Every case goes through the public API against the real database, carries an
 idempotency key (so a stray key row would show), and checks that not one row

@@ -1,4 +1,4 @@
-"""Replay properties of the trading projection (DESIGN.md §2.6).
+"""Replay properties of the trading projection (docs/design.md §2.6).
 
 For generated trading sessions — several portfolios and symbols, deposits
 and withdrawals, buys and sells with shorts, flips and zero crossings,
@@ -404,7 +404,7 @@ class Harness:
         """The example's ``count`` events, once readers can see them all.
 
         A reader of the log sees a committed event only when every older
-        transaction of the cluster has ended (DESIGN.md §4): on a shared
+        transaction of the cluster has ended (docs/design.md §4): on a shared
         server another session's open transaction holds it back for a
         while. Only this module appends to its database."""
         deadline = time.monotonic() + WAIT

@@ -173,7 +173,7 @@ def without_timings(stdout: str) -> str:
 
 def expected_from_stream(events: list[StoredEvent]) -> tuple[Portfolio, list[Position]]:
     """A portfolio and its positions recomputed from its own stream: cash by
-    DESIGN.md §5 written out here, each position replayed from its trades
+    docs/design.md §5 written out here, each position replayed from its trades
     that were not cancelled (projections.rules.replay_fills)."""
     opened = msgspec.convert(events[0].data, PortfolioOpened)
     assert events[0].type == "PortfolioOpened"

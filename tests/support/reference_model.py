@@ -1,4 +1,4 @@
-"""A plain-Python reference model of the trading rules (DESIGN.md §5,
+"""A plain-Python reference model of the trading rules (docs/design.md §5,
 docs/trading-rules.md), written from the documents, not from projections/.
 
 It is deliberately built differently from the projection: it records the

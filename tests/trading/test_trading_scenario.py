@@ -208,7 +208,7 @@ def test_worked_example_number_for_number(store: EventStore, dsn: str) -> None:
 def catch_up_through(runner: ProjectionRunner, checkpoint: str) -> None:
     """Project until the step's event is applied. A reader sees a committed
     event only once every older transaction of the cluster has ended
-    (DESIGN.md §4): on a shared server that can take a moment."""
+    (docs/design.md §4): on a shared server that can take a moment."""
     deadline = time.monotonic() + 60
     while True:
         runner.catch_up()
