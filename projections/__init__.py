@@ -6,6 +6,7 @@ global log with ``EventStore.read_all``, write their own tables on their
 own connections, and read them back through ``EventStore.query``.
 
     from projections import ProjectionRunner, get_portfolio, get_positions
+    from projections.rebuild import rebuild  # the module keeps its name
 
 Every public type is exported here, with the package as its module.
 """
@@ -15,7 +16,7 @@ from eventstore import present_as_package
 from .errors import CheckpointMoved, ProjectionError
 from .models import Portfolio, Position
 from .queries import get_portfolio, get_positions
-from .rebuild import RebuildError, RebuildProgress, RebuildReport, RowDifference, rebuild
+from .rebuild import RebuildError, RebuildProgress, RebuildReport, RowDifference
 from .rules import PositionState, Side, apply_fill, cash_effect, replay_fills, round_cost
 from .runner import LeaseHolder, Progress, ProjectionRunner, skip_stream
 from .sql import LIVE, Tables, shadow_tables
@@ -45,7 +46,6 @@ __all__ = [
     "get_portfolio",
     "get_positions",
     "projection_status",
-    "rebuild",
     "replay_fills",
     "round_cost",
     "shadow_tables",

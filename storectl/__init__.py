@@ -1,4 +1,6 @@
 """The programs built on the store: the ``eventstore`` command
 (:mod:`storectl.cli`), the demo session (:mod:`storectl.demo`) and the
 backup/restore drill (:mod:`storectl.drill`). Nothing in ``eventstore``,
-``trading`` or ``projections`` imports from here."""
+``trading`` or ``projections`` imports from here. The demo and the drill
+are the repository's (``make demo``, ``make drill``): the wheel leaves them
+out (docs/packaging.md)."""

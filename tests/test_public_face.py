@@ -10,6 +10,7 @@ import inspect
 import pickle
 import typing
 import uuid
+from decimal import Decimal
 from importlib.metadata import version
 from pathlib import Path
 from types import ModuleType
@@ -82,6 +83,16 @@ def test_every_public_signature_uses_exported_types(package: ModuleType) -> None
             for hint in typing.get_type_hints(function).values():
                 check(hint, where)
     assert not missing, sorted(missing)
+
+
+@pytest.mark.parametrize("package", FACES, ids=lambda p: p.__name__)
+def test_no_export_hides_a_module_of_the_package(package: ModuleType) -> None:
+    """``from projections import rebuild`` must stay the module: an export
+    named like a submodule would replace it on the package."""
+    assert package.__file__ is not None
+    modules = {p.stem for p in Path(package.__file__).parent.glob("*.py")}
+    for name in set(package.__all__) & modules:
+        assert isinstance(getattr(package, name), ModuleType), name
 
 
 def test_the_faces_export_the_types_users_meet() -> None:
@@ -188,6 +199,36 @@ def test_errors_survive_pickling(name: str, error: BaseException) -> None:
     assert back.context() == error.context()
     assert vars(back) == vars(error)
     assert type(back).__module__ in ("eventstore", "projections")
+
+
+def test_public_values_survive_pickling() -> None:
+    """Pickles name the package (``eventstore.StoredEvent``): they load
+    while the modules behind the face move."""
+    position = projections.Position(
+        portfolio_id="1",
+        symbol="AAPL",
+        quantity=Decimal("10"),
+        avg_cost=Decimal("189.5"),
+        realized_pnl=Decimal(0),
+        fees=Decimal(1),
+        trade_count=1,
+        updated_at=dt.datetime(2024, 1, 2, tzinfo=dt.UTC),
+    )
+    trade = trading.Trade(
+        trade_id="t1",
+        portfolio_id="1",
+        symbol="AAPL",
+        side="buy",
+        quantity=Decimal("10"),
+        price=Decimal("189.5"),
+        executed_at=dt.datetime(2024, 1, 2, tzinfo=dt.UTC),
+    )
+    for value in (_EVENT, position, trade):
+        data = pickle.dumps(value)
+        assert b"eventstore.events" not in data and b"models" not in data
+        assert pickle.loads(data) == value  # noqa: S301 (our own bytes)
+    for symbol in (eventstore.ANY, eventstore.NO_STREAM, eventstore.STREAM_EXISTS):
+        assert pickle.loads(pickle.dumps(symbol)) is symbol  # noqa: S301
 
 
 # -- the one extension point: read-only queries --------------------------------
