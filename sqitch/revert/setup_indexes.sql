@@ -1,0 +1,6 @@
+-- Revert utcp:setup_indexes from pg
+BEGIN;
+DROP INDEX utcp.stored_events_setup_strategy;
+DROP INDEX utcp.stored_events_setup_symbol;
+DROP INDEX utcp.stored_events_setup_time;
+COMMIT;
