@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
 from typing import Any
 
@@ -132,7 +133,14 @@ def run(args: argparse.Namespace) -> int:
     access.propagate = False
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     server = uvicorn.Server(uvicorn_config(build_app(settings), settings))
-    server.run()
+    # uvicorn stops gracefully on SIGTERM/SIGINT, then raises the signal
+    # again for the handler it found: with this one, serve returns 0.
+    stopped: list[int] = []
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: stopped.append(signum))
+    try:
+        server.run()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     return 0
 
 
