@@ -67,6 +67,9 @@ MAX_LIST_LIMIT: Final = 500
 MAX_TEXT: Final = 180  # an id, a symbol: "setup-" + id stays a valid stream id
 MAX_NOTES: Final = 2000
 MAX_TARGETS: Final = 32
+#: Largest encoded payload of an assistant event: a setup read back with its
+#: event stays far below the assistant's 1 MiB read limit.
+MAX_PAYLOAD_BYTES: Final = 256 * 1024
 #: How often a save re-reads and tries again when another save of the same
 #: setup got in first.
 MAX_RACES: Final = 8
@@ -201,6 +204,12 @@ def check_event(event: AssistantEvent, operation: str, prefix: str = "event") ->
     _text(event.symbol, f"{prefix}.symbol", operation)
     _text(event.type, f"{prefix}.type", operation)
     _real_time(event.time, f"{prefix}.time", operation)
+    if len(_encode(event.payload)) > MAX_PAYLOAD_BYTES:
+        raise ValidationError(
+            f"{operation}: {prefix}.payload is larger than {MAX_PAYLOAD_BYTES} bytes",
+            field=f"{prefix}.payload",
+            operation=operation,
+        )
 
 
 def check_setup(trade: TradeSetup, risk: SetupRisk | None, operation: str) -> None:

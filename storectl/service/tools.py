@@ -39,7 +39,12 @@ from .keys import Role
 
 __all__ = ["TOOLS", "Empty", "Saved", "Tool", "ToolContext"]
 
+_encode = msgspec.json.Encoder().encode
+
 MAX_READ: Final = 1000
+#: storage.list_trades stops adding setups before its reply passes this many
+#: bytes: the assistant's client reads at most 1 MiB of a reply.
+REPLY_BUDGET: Final = 512 * 1024
 ReadLimit = Annotated[int, msgspec.Meta(ge=1, le=MAX_READ)]
 
 
@@ -131,7 +136,14 @@ def get_trade(ctx: ToolContext, body: GetTradeInput) -> SetupView:
 
 
 def list_trades(ctx: ToolContext, body: ListTradesInput) -> ListTradesOutput:
-    return ListTradesOutput(ctx.setups.list_setups(body.symbol, body.strategy_id, body.limit))
+    kept: list[SetupView] = []
+    size = 0
+    for view in ctx.setups.list_setups(body.symbol, body.strategy_id, body.limit):
+        size += len(_encode(view)) + 1
+        if size > REPLY_BUDGET:
+            break
+        kept.append(view)
+    return ListTradesOutput(kept)
 
 
 def list_trade_revisions(ctx: ToolContext, body: GetTradeInput) -> RevisionsOutput:
@@ -451,7 +463,8 @@ TOOLS: Final[dict[str, Tool]] = {
         Tool(
             "storage.list_trades",
             "List trade setups (latest revisions), newest first, optionally by symbol and/or "
-            "strategyId; limit defaults to 100 and is capped at 500.",
+            "strategyId; limit defaults to 100 and is capped at 500 (and so that the reply "
+            "stays under 512 KiB).",
             ("storage", "assistant", "read", "setups"),
             "reader",
             ListTradesInput,

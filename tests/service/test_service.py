@@ -15,10 +15,13 @@ import psycopg
 import pytest
 from psycopg import sql
 
+from eventstore.errors import ValidationError
 from storectl.service import ServiceSettings, build_app
+from storectl.service.errors import answer_for
 from storectl.service.server import running
 from storectl.service.tools import TOOLS
 from tests.integration.conftest import admin_dsn, dsn_for
+from trading.setups import MAX_PAYLOAD_BYTES, AssistantEvent, check_event
 
 ZERO = "0001-01-01T00:00:00Z"
 
@@ -459,3 +462,36 @@ def test_no_auth_only_on_loopback() -> None:
     with pytest.raises(Exception, match="loopback"):
         ServiceSettings(dsn="x", host="0.0.0.0", no_auth=True)  # noqa: S104
     assert json.loads(msgspec.json.encode(ServiceSettings(dsn="x", no_auth=True)))["no_auth"]
+
+
+def test_list_trades_reply_stays_within_its_budget(
+    http: httpx.Client, keys: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from storectl.service import tools  # noqa: PLC0415
+
+    w = keys["writer"]
+    symbol = uid("B")
+    for _ in range(3):
+        ok(
+            call(
+                http,
+                w,
+                "storage.save_trade",
+                {"trade": trade(uid("big"), symbol=symbol, notes="<&>" * 600)},
+            )
+        )
+    whole = ok(call(http, w, "storage.list_trades", {"symbol": symbol}))["trades"]
+    assert len(whole) == 3
+    one = len(msgspec.json.encode(whole[0]))
+    monkeypatch.setattr(tools, "REPLY_BUDGET", 2 * one + 10)
+    capped = ok(call(http, w, "storage.list_trades", {"symbol": symbol}))["trades"]
+    assert capped == whole[:2]
+
+
+def test_event_payload_size_is_capped() -> None:
+    # (the test service's 64 KiB body limit refuses such a request first: 413)
+    big = event(uid("ev"), blob="x" * MAX_PAYLOAD_BYTES)
+    decoded = msgspec.convert(big, AssistantEvent, strict=False)
+    with pytest.raises(ValidationError, match=r"event\.payload is larger") as info:
+        check_event(decoded, "storage.save_event")
+    assert answer_for(info.value, "storage.save_event", "r").status == 400
