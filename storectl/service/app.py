@@ -10,6 +10,17 @@ Routes:
 * ``GET /utcp`` (the UTCP manual), ``/openapi.json``, ``/healthz`` (alive, no
   key), ``/readyz``, ``/metrics``.
 
+Keys: ``Authorization: Bearer KEY`` or ``X-Api-Key: KEY``. The assistant's Go
+client sends no header it could be configured with, only its endpoint URL,
+so the key may also be part of the URL: ``/k/KEY/tools`` (or ``?key=KEY``).
+The trade-off: a key in a URL ends up wherever URLs are written down — the
+assistant's providers.json, a reverse proxy's or load balancer's access log,
+a shell history. This service never logs it (its access log shows
+``/k/***/tools`` and no query string; uvicorn's own access log is off), but
+a proxy in front must be configured not to log paths, TLS must carry the
+request (plain http only on loopback), and such a key should be a dedicated
+writer key for the assistant alone, revoked and replaced if the file leaks.
+
 The store is synchronous: every call into it runs in a worker thread, at
 most ``threads`` at once (an anyio CapacityLimiter), under the call's time
 limit; the event loop never waits on the database.
@@ -202,14 +213,7 @@ async def _authenticate(service: Service, request: Request) -> tuple[str, str]:
             "an API key is needed (Authorization: Bearer, X-Api-Key, or /k/KEY/tools)",
             "unauthorized",
         )
-    ctx_error: EventStoreError | None = None
-    try:
-        found = await service.in_thread(lambda: service.keys.lookup(service.context().store, key))
-    except EventStoreError as exc:
-        ctx_error = exc
-        found = None
-    if ctx_error is not None:
-        raise ctx_error
+    found = await service.in_thread(lambda: service.keys.lookup(service.context().store, key))
     if found is None:
         raise _Refusal(401, "unknown or revoked API key", "unauthorized")
     return found
@@ -290,6 +294,7 @@ async def _call(service: Service, request: Request, *, wrapped: bool) -> Respons
             log.warning("request %s: %s: %s", request_id, name, first_line(exc))
         label = tool.name if tool is not None else "-"
         service.metrics.calls.labels(label, answer.outcome).inc()
+        service.metrics.latency.labels(label).observe(time.monotonic() - started)
         if answer.status == 409:
             service.metrics.conflicts.inc()
         headers = {"x-request-id": request_id}
