@@ -47,7 +47,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from eventstore import sql as store_sql
-from eventstore.errors import EventStoreError, SchemaNotDeployed, first_line
+from eventstore.errors import EventStoreError, SchemaNotDeployed, StorageUnavailable, first_line
 from eventstore.store import EventStore
 
 from .errors import Answer, answer_for, one_line
@@ -70,6 +70,8 @@ READY: Final = """
 SELECT to_regclass('utcp.api_keys') IS NOT NULL,
        to_regclass('utcp.stored_events_setup_time') IS NOT NULL"""
 JSON: Final = "application/json"
+#: After a failed open of the store, calls fail at once for this long.
+OPEN_RETRY_SECONDS: Final = 1.0
 TEXT: Final = "text/plain; charset=utf-8"
 
 _encode = msgspec.json.Encoder().encode
@@ -101,6 +103,7 @@ class Service:
         self._own_store = store is None
         self._lock = threading.Lock()
         self._context: ToolContext | None = None
+        self._failed: tuple[float, EventStoreError] | None = None
         self.keys = KeyCache(settings.key_cache_seconds)
         self.metrics = Metrics(self._gauges)
         self.limiter: anyio.CapacityLimiter | None = None
@@ -109,13 +112,34 @@ class Service:
 
     def context(self) -> ToolContext:
         """The tools' context, opening the store if needed (raises the
-        store's error when it cannot: unavailable, schema missing)."""
-        with self._lock:
+        store's error when it cannot: unavailable, schema missing). One
+        thread opens it; the others wait at most ``db_wait``, and for a
+        second after a failed open every call fails at once with its error
+        (no pile-up of connection attempts while the database is away)."""
+        ctx = self._context
+        if ctx is not None:
+            return ctx
+        if not self._lock.acquire(timeout=self.settings.db_wait):
+            raise StorageUnavailable(
+                "the service is still connecting to the database", operation="serve"
+            )
+        try:
+            if self._context is not None:
+                return self._context
+            failed = self._failed
+            if failed is not None and time.monotonic() - failed[0] < OPEN_RETRY_SECONDS:
+                raise failed[1].with_traceback(None)
             if self._store is None:
-                self._store = EventStore.open(self.settings.dsn, self.settings.store_settings())
-            if self._context is None:
-                self._context = ToolContext(self._store)
+                try:
+                    self._store = EventStore.open(self.settings.dsn, self.settings.store_settings())
+                except EventStoreError as exc:
+                    self._failed = (time.monotonic(), exc)
+                    raise
+            self._failed = None
+            self._context = ToolContext(self._store)
             return self._context
+        finally:
+            self._lock.release()
 
     def close(self) -> None:
         with self._lock:
