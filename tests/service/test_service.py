@@ -495,3 +495,41 @@ def test_event_payload_size_is_capped() -> None:
     with pytest.raises(ValidationError, match=r"event\.payload is larger") as info:
         check_event(decoded, "storage.save_event")
     assert answer_for(info.value, "storage.save_event", "r").status == 400
+
+
+def test_an_unexpected_failure_is_a_500_with_a_request_id(
+    http: httpx.Client, keys: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(ctx: Any, body: Any) -> Any:
+        raise RuntimeError("internal detail that must not leak")
+
+    name = "storage.get_trade"
+    monkeypatch.setitem(TOOLS, name, msgspec.structs.replace(TOOLS[name], handler=broken))
+    response = call(http, keys["reader"], name, {"id": "x"})
+    assert response.status_code == 500
+    request_id = response.headers["x-request-id"]
+    assert (
+        response.text.strip()
+        == f"{name}: internal error (request id {request_id}; see the service's log)"
+    )
+    raw = http.post(f"/tools/{name}", json={"id": "x"}, headers={"X-Api-Key": keys["reader"]})
+    assert raw.status_code == 500 and "internal detail" not in raw.text
+    assert raw.json()["error"].endswith(
+        f"(request id {raw.headers['x-request-id']}; see the service's log)"
+    )
+
+
+def test_list_trades_ties_are_broken_by_id(http: httpx.Client, keys: dict[str, str]) -> None:
+    w = keys["writer"]
+    symbol = uid("T")
+    same = "2026-05-05T05:05:05Z"
+    ids = sorted(uid("tie") for _ in range(3))
+    for tid in reversed(ids):
+        ok(
+            call(
+                http, w, "storage.save_trade", {"trade": trade(tid, symbol=symbol, createdAt=same)}
+            )
+        )
+    listed = ok(call(http, w, "storage.list_trades", {"symbol": symbol}))["trades"]
+    assert [t["trade"]["id"] for t in listed] == ids
+    assert {t["trade"]["createdAt"] for t in listed} == {same}
