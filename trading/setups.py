@@ -38,7 +38,7 @@ from eventstore.errors import (
     ValidationError,
     WrongExpectedVersion,
 )
-from eventstore.events import NewEvent, StoredEvent
+from eventstore.events import NewEvent, StoredEvent, default_registry
 from eventstore.limits import time_problem
 from eventstore.store import EventStore
 
@@ -262,18 +262,26 @@ SELECT {store_sql.EVENT_COLUMNS} FROM utcp.stored_events
  WHERE stream_id = %s AND type = 'TradeSetupRevised'
  ORDER BY stream_version LIMIT %s"""
 _LIST: Final = """
-SELECT e.data FROM utcp.stored_events e
+SELECT {columns} FROM utcp.stored_events e
  WHERE e.type = 'TradeSetupRevised' {filters}
    AND NOT EXISTS (SELECT 1 FROM utcp.stored_events n
                     WHERE n.stream_id = e.stream_id AND n.stream_version > e.stream_version
                       AND n.type = 'TradeSetupRevised')
  ORDER BY e.occurred_at DESC, e.stream_id
  LIMIT %(limit)s"""
-LIST_ALL: Final = _LIST.format(filters="")
-LIST_BY_SYMBOL: Final = _LIST.format(filters="AND e.symbol = %(symbol)s")
-LIST_BY_STRATEGY: Final = _LIST.format(filters="AND e.data ->> 'strategy_id' = %(strategy)s")
+# eventstore.sql.EVENT_COLUMNS (StoredEvent's field order), qualified by e.
+_COLUMNS: Final = """
+    e.position, e.tx_id::text || '/' || e.position::text, e.event_id, e.stream_id,
+    e.stream_version, e.type, e.data, e.metadata, e.symbol, e.occurred_at, e.created_at,
+    e.prev_hash, e.hash"""
+LIST_ALL: Final = _LIST.format(columns=_COLUMNS, filters="")
+LIST_BY_SYMBOL: Final = _LIST.format(columns=_COLUMNS, filters="AND e.symbol = %(symbol)s")
+LIST_BY_STRATEGY: Final = _LIST.format(
+    columns=_COLUMNS, filters="AND e.data ->> 'strategy_id' = %(strategy)s"
+)
 LIST_BY_BOTH: Final = _LIST.format(
-    filters="AND e.symbol = %(symbol)s AND e.data ->> 'strategy_id' = %(strategy)s"
+    columns=_COLUMNS,
+    filters="AND e.symbol = %(symbol)s AND e.data ->> 'strategy_id' = %(strategy)s",
 )
 
 
@@ -341,7 +349,14 @@ class SetupStore:
         stored = self._stored_event(event_id, "storage.get_event")
         if stored is None or stored.type != ASSISTANT_EVENT:
             return None
-        data = msgspec.convert(stored.data, _EventData, strict=False)
+        try:
+            data = msgspec.convert(stored.data, _EventData, strict=False)
+        except msgspec.ValidationError as exc:
+            raise StorageError(
+                f"event {stored.event_id} (AssistantEvent) does not decode: {exc}",
+                operation="storage.get_event",
+                stream_id=stored.stream_id,
+            ) from exc
         return AssistantEvent(
             id=data.id,
             symbol=data.symbol,
@@ -478,8 +493,8 @@ class SetupStore:
             {"symbol": symbol, "strategy": strategy_id, "limit": limit},
         )
         out = []
-        for (payload,) in rows:
-            data = msgspec.convert(payload, _RevisionData, strict=False)
+        for row in rows:
+            data = _revision(StoredEvent(*row))
             out.append(SetupView(trade=data.trade, risk=data.risk))
         return out
 
@@ -493,3 +508,10 @@ def _revision(stored: StoredEvent) -> _RevisionData:
             operation="storage.get_trade",
             stream_id=stored.stream_id,
         ) from exc
+
+
+# The store validates every append of these types against their Structs
+# (also one made through the service's store.append tool): a setup's stream
+# cannot hold a revision that its readers would fail to decode.
+default_registry.register(SETUP_REVISED, _RevisionData, time_field="occurred_at")
+default_registry.register(ASSISTANT_EVENT, _EventData, time_field="occurred_at")

@@ -533,3 +533,16 @@ def test_list_trades_ties_are_broken_by_id(http: httpx.Client, keys: dict[str, s
     listed = ok(call(http, w, "storage.list_trades", {"symbol": symbol}))["trades"]
     assert [t["trade"]["id"] for t in listed] == ids
     assert {t["trade"]["createdAt"] for t in listed} == {same}
+
+
+def test_store_append_cannot_forge_a_malformed_setup(
+    http: httpx.Client, keys: dict[str, str]
+) -> None:
+    tid = uid("forged")
+    forged = {
+        "stream": f"setup-{tid}",
+        "events": [{"type": "TradeSetupRevised", "data": {"setup_id": tid, "revision": "x"}}],
+    }
+    response = call(http, keys["writer"], "store.append", forged)
+    assert response.status_code == 400 and "TradeSetupRevised" in response.text
+    assert call(http, keys["reader"], "storage.get_trade", {"id": tid}).status_code == 404
