@@ -12,6 +12,12 @@
 -- unique (stream_id, stream_version) index): never a scan of the log.
 BEGIN;
 
+-- Their business time, as trading/setups.py registers it (the default
+-- field, named so that the registry and the database agree).
+INSERT INTO utcp.event_time_fields (type, time_field) VALUES
+    ('TradeSetupRevised', 'occurred_at'),
+    ('AssistantEvent', 'occurred_at');
+
 CREATE INDEX stored_events_setup_time ON utcp.stored_events (occurred_at DESC, stream_id)
     WHERE type = 'TradeSetupRevised';
 CREATE INDEX stored_events_setup_symbol ON utcp.stored_events (symbol, occurred_at DESC, stream_id)
