@@ -20,6 +20,11 @@ def _call(http: httpx.Client, key: str, tool: str, payload: dict[str, Any]) -> A
     return response.json()["output"]
 
 
+def _position(checkpoint: str) -> tuple[int, int]:
+    tx, _, pos = checkpoint.partition("/")
+    return int(tx), int(pos)
+
+
 def test_as_of_matches_the_projection(
     http: httpx.Client, keys: dict[str, str], service_db: str
 ) -> None:
@@ -99,7 +104,19 @@ def test_as_of_matches_the_projection(
         },
     )
 
-    run_cli("project", "catch-up", "--dsn", service_db)
+    # The projection reads the global log, which waits for every older
+    # transaction of the (shared) cluster: catch up until its checkpoint has
+    # passed the portfolio's last event.
+    last = _call(http, w, "store.read_stream", {"stream": f"portfolio-{pid}", "limit": 1000})
+    target = _position(last["events"][-1]["checkpoint"])
+    deadline = time.monotonic() + 60
+    while True:
+        run_cli("project", "catch-up", "--dsn", service_db)
+        lag = _call(http, w, "trading.get_positions", {"portfolio_id": pid})["lag"]
+        if _position(lag["checkpoint"]) >= target:
+            break
+        assert time.monotonic() < deadline, f"the projection stays at {lag}"
+        time.sleep(0.5)
     now = _call(
         http,
         w,
