@@ -42,7 +42,7 @@ import anyio
 import anyio.to_thread
 import msgspec
 from starlette.applications import Starlette
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
 
@@ -184,17 +184,28 @@ def _request_id() -> str:
     return uuid.uuid4().hex[:16]
 
 
-async def _body(request: Request, limit: int) -> bytes:
+async def _body(request: Request, limit: int, timeout: float) -> bytes:
+    """The request body: at most ``limit`` bytes (413), received within
+    ``timeout`` seconds (408: a client that trickles its body holds no
+    worker for longer than a call may take)."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise _Refusal(413, f"request body larger than {limit} bytes", "too_large")
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise _Refusal(413, f"request body larger than {limit} bytes", "too_large")
-        chunks.append(chunk)
+    try:
+        with anyio.fail_after(timeout):
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    raise _Refusal(413, f"request body larger than {limit} bytes", "too_large")
+                chunks.append(chunk)
+    except TimeoutError:
+        raise _Refusal(408, f"request body not received within {timeout:g} s", "timeout") from None
+    except ClientDisconnect:
+        raise _Refusal(
+            400, "the client went away before sending its body", "disconnected"
+        ) from None
     return b"".join(chunks)
 
 
@@ -283,7 +294,9 @@ async def _call(service: Service, request: Request, *, wrapped: bool) -> Respons
     key_name: str | None = None
     role: str | None = None
     try:
-        body = await _body(request, service.settings.max_body_bytes)
+        body = await _body(
+            request, service.settings.max_body_bytes, service.settings.request_timeout
+        )
         key_name, role = await _authenticate(service, request)
         if wrapped:
             try:

@@ -187,3 +187,21 @@ def test_concurrent_saves(http: httpx.Client, keys: dict[str, str]) -> None:
         json={"tool": "store.read_stream", "input": {"stream": "assistant-RACE", "limit": 1000}},
     ).json()["output"]["events"]
     assert sum(1 for e in read if e["data"]["id"] == eid) == 1
+
+
+def test_a_trickled_body_is_cut_off_at_the_time_limit(service_dsn: str) -> None:
+    settings = ServiceSettings(dsn=service_dsn, no_auth=True, request_timeout=1.0)
+    with running(build_app(settings), settings) as url:
+        host, port = url.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port)), timeout=30) as sock:
+            sock.sendall(
+                b"POST /tools HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                b"Content-Length: 100\r\n\r\n" + BODY[:10]
+            )
+            reply = b""
+            while b"\r\n\r\n" not in reply:
+                chunk = sock.recv(4096)
+                if not chunk:
+                    break
+                reply += chunk
+        assert reply.startswith(b"HTTP/1.1 408"), reply
