@@ -19,6 +19,7 @@ from eventstore.errors import (
     ValidationError,
     WrongExpectedVersion,
 )
+from projections.errors import ProjectionError
 
 __all__ = ["Answer", "ToolError", "answer_for", "one_line"]
 
@@ -92,6 +93,15 @@ def answer_for(exc: BaseException, tool: str, request_id: str) -> Answer:
                 "Repeating the same call is safe (it is written at most once)"
             ),
             "timeout",
+        )
+    if isinstance(exc, ProjectionError):
+        # the log holds an event the trading rules refuse (the projection stops there too)
+        return Answer(409, one_line(f"{tool}: {exc}"), "conflict")
+    if isinstance(exc, EventStoreError) and exc.sqlstate == "42501":
+        return Answer(
+            403,
+            one_line(f"{tool}: the database refused it to the service's role: {exc.message}"),
+            "forbidden",
         )
     kind = "storage error" if isinstance(exc, EventStoreError) else "internal error"
     return Answer(

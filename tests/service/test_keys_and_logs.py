@@ -77,6 +77,7 @@ def test_access_log_line_per_call_without_the_key(
         (SchemaNotDeployed("no schema"), 503, True),
         (AppendOutcomeUnknown("lost", event_ids=()), 503, True),
         (TimeoutError(), 504, False),
+        (StorageError("permission denied", sqlstate="42501"), 403, False),
         (StorageError("boom"), 500, False),
         (RuntimeError("secret detail"), 500, False),
     ],

@@ -546,3 +546,12 @@ def test_store_append_cannot_forge_a_malformed_setup(
     response = call(http, keys["writer"], "store.append", forged)
     assert response.status_code == 400 and "TradeSetupRevised" in response.text
     assert call(http, keys["reader"], "storage.get_trade", {"id": tid}).status_code == 404
+
+
+def test_what_the_database_refuses_to_the_service_role_is_a_403(
+    http: httpx.Client, keys: dict[str, str]
+) -> None:
+    # projection-* streams hold operators' decisions: the service's writer role may not
+    body = {"stream": f"projection-{uid('x')}", "events": [{"type": "Note", "data": {}}]}
+    response = call(http, keys["admin"], "store.append", body)
+    assert response.status_code == 403, response.text
