@@ -25,6 +25,8 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import math
+import random
+import time
 import uuid
 from typing import Any, Final
 
@@ -35,6 +37,7 @@ from eventstore.errors import (
     DuplicateEventId,
     IdempotencyConflict,
     StorageError,
+    StorageUnavailable,
     ValidationError,
     WrongExpectedVersion,
 )
@@ -72,7 +75,7 @@ MAX_TARGETS: Final = 32
 MAX_PAYLOAD_BYTES: Final = 256 * 1024
 #: How often a save re-reads and tries again when another save of the same
 #: setup got in first.
-MAX_RACES: Final = 8
+MAX_RACES: Final = 16
 _NAMESPACE: Final = uuid.UUID("5c1d7f3e-8b52-4f0e-9a57-3f2d6a0c9e11")
 
 
@@ -153,6 +156,13 @@ class _EventData(msgspec.Struct, kw_only=True):
 
 _encode = msgspec.json.Encoder(order="sorted").encode
 _decode_any = msgspec.json.Decoder().decode
+
+
+def _back_off(attempt: int) -> None:
+    """Before a retry after losing a race: a short random pause, so that
+    concurrent saves of one setup do not keep colliding."""
+    if attempt:
+        time.sleep(random.uniform(0, 0.005 * min(attempt, 8)))
 
 
 def event_uuid(event_id: str) -> uuid.UUID:
@@ -327,7 +337,8 @@ class SetupStore:
         """Save one event; False when it was already saved (nothing written)."""
         operation = "storage.save_event"
         check_event(event, operation)
-        for _ in range(MAX_RACES):
+        for attempt in range(MAX_RACES):
+            _back_off(attempt)
             new = self._new_event(event, operation)
             if new is None:
                 return False
@@ -340,8 +351,8 @@ class SetupStore:
             except (DuplicateEventId, IdempotencyConflict):
                 continue  # saved meanwhile by another call: compare again
             return not result.duplicate
-        raise StorageError(
-            f"{operation}: event {event.id!r} kept changing under concurrent saves",
+        raise StorageUnavailable(
+            f"{operation}: event {event.id!r} kept changing under concurrent saves: try again",
             operation=operation,
         )
 
@@ -387,7 +398,8 @@ class SetupStore:
         if event is not None:
             check_event(event, operation)
         stream = setup_stream(trade.id)
-        for _ in range(MAX_RACES):
+        for attempt in range(MAX_RACES):
+            _back_off(attempt)
             version = self.store.stream_version(stream)
             batch: list[NewEvent] = []
             if event is not None:
@@ -432,8 +444,8 @@ class SetupStore:
             except (WrongExpectedVersion, DuplicateEventId, IdempotencyConflict):
                 continue  # another save got in first: read again, compare again
             return True
-        raise StorageError(
-            f"{operation}: trade {trade.id!r} kept changing under concurrent saves",
+        raise StorageUnavailable(
+            f"{operation}: trade {trade.id!r} kept changing under concurrent saves: try again",
             operation=operation,
             stream_id=stream,
         )

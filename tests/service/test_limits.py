@@ -171,16 +171,16 @@ def test_concurrent_saves(http: httpx.Client, keys: dict[str, str]) -> None:
         body = {"tool": "storage.save_event", "input": {"event": event}}
         return http.post(f"/k/{key}/tools", json=body).status_code
 
-    with concurrent.futures.ThreadPoolExecutor(8) as pool:
-        trades = list(pool.map(save_trade, range(8)))
-        events = list(pool.map(save_event, range(8)))
-    assert trades == [200] * 8 and events == [200] * 8
+    with concurrent.futures.ThreadPoolExecutor(16) as pool:
+        trades = list(pool.map(save_trade, range(16)))
+        events = list(pool.map(save_event, range(16)))
+    assert trades == [200] * 16 and events == [200] * 16
     revisions = http.post(
         f"/k/{key}/tools",
         json={"tool": "storage.list_trade_revisions", "input": {"id": tid}},
     ).json()["output"]["revisions"]
-    assert sorted(r["trade"]["entry"] for r in revisions) == [100.0 + i for i in range(8)]
-    assert [r["revision"] for r in revisions] == list(range(1, 9))
+    assert sorted(r["trade"]["entry"] for r in revisions) == [100.0 + i for i in range(16)]
+    assert [r["revision"] for r in revisions] == list(range(1, 17))
     assert len({r["trade"]["createdAt"] for r in revisions}) == 1
     read = http.post(
         f"/k/{key}/tools",
