@@ -23,7 +23,18 @@ import msgspec
 from eventstore.errors import ValidationError
 from eventstore.store import EventStore
 
-__all__ = ["ROLES", "ApiKey", "KeyCache", "Role", "add_key", "hash_key", "list_keys", "revoke_key"]
+__all__ = [
+    "ROLES",
+    "ApiKey",
+    "KeyCache",
+    "Role",
+    "add_key",
+    "at_least",
+    "hash_key",
+    "list_keys",
+    "looks_like_key",
+    "revoke_key",
+]
 
 Role = Literal["reader", "writer", "admin"]
 #: Each role may do what the roles before it may.
@@ -55,7 +66,7 @@ class ApiKey(msgspec.Struct, frozen=True):
 
 
 def at_least(role: str, needed: str) -> bool:
-    return ROLES.index(role) >= ROLES.index(needed)  # type: ignore[arg-type,unused-ignore]
+    return ROLES.index(role) >= ROLES.index(needed)
 
 
 def hash_key(key: str) -> bytes:
