@@ -41,7 +41,7 @@ bootstrap:
 
 demo: bootstrap
 	$(BIN)/eventstore db deploy
-	$(BIN)/python -m eventstore.demo
+	$(BIN)/python -m storectl.demo
 
 test: bootstrap
 	$(BIN)/ruff check .
@@ -52,7 +52,7 @@ test: bootstrap
 # Private clusters of its own (initdb, free ports), removed at the end; see
 # docs/runbook.md, "Backups and restores".
 drill: bootstrap
-	$(BIN)/python -m ops.drill
+	$(BIN)/python -m storectl.drill
 
 # The project-local cluster (.pgdata/), if bootstrap started one.
 stop:

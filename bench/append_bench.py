@@ -13,7 +13,7 @@ quoted as ratios to it. See bench/README.md for how to read the output.
 
 The benchmark owns its database (default ``utcp_bench``): it drops and
 re-creates it on every run and deploys the schema with the project's own
-``python -m eventstore db deploy``.
+``python -m storectl db deploy``.
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ DEFAULT_DSN: Final = "postgresql://root@127.0.0.1:5432/utcp_bench"
 
 #: Not registered: the store validates it only as a JSON object, so both
 #: sides do the same work. "TradeExecuted" (registered, validated against
-#: eventstore.schemas.Trade) is measured once more, for information.
+#: trading.events.Trade) is measured once more, for information.
 EVENT_TYPE: Final = "BenchTradeRecorded"
 REGISTERED_TYPE: Final = "TradeExecuted"
 BATCH: Final = 100
@@ -203,7 +203,7 @@ SYMBOLS: Final = ("AAPL", "MSFT", "NVDA", "BRK.B", "BTC-USD", "ES:CME", "SAP.DE"
 
 
 def trade_payloads(count: int, tag: str) -> list[dict[str, str]]:
-    """Realistic trades, fields as in eventstore.schemas.Trade, decimals as
+    """Realistic trades, fields as in trading.events.Trade, decimals as
     strings (valid TradeExecuted payloads too)."""
     start = dt.datetime(2026, 3, 2, 14, 30, tzinfo=dt.UTC)
     out = []

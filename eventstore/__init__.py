@@ -6,7 +6,7 @@ event log on PostgreSQL.
         store.append("portfolio-42", [NewEvent("CashDeposited", {"amount": "100"})])
 """
 
-from .adapter import StorageAdapter
+from .chain import Anchor, ChainReport
 from .errors import (
     AppendOutcomeUnknown,
     CheckpointNotInLog,
@@ -30,11 +30,10 @@ from .events import (
     EventRegistry,
     NewEvent,
     StoredEvent,
-    default_registry,
 )
-from .schemas import AuditEvent, Trade
+from .health import StoreStatus
 from .settings import Settings
-from .store import Anchor, ChainReport, EventStore, StoreStatus
+from .store import EventStore
 
 __all__ = [
     "ANY",
@@ -43,7 +42,6 @@ __all__ = [
     "Anchor",
     "AppendOutcomeUnknown",
     "AppendResult",
-    "AuditEvent",
     "ChainReport",
     "CheckpointNotInLog",
     "DuplicateEventId",
@@ -57,13 +55,10 @@ __all__ = [
     "SchemaNotDeployed",
     "Settings",
     "SqitchError",
-    "StorageAdapter",
     "StorageError",
     "StorageUnavailable",
     "StoreStatus",
     "StoredEvent",
-    "Trade",
     "ValidationError",
     "WrongExpectedVersion",
-    "default_registry",
 ]

@@ -30,6 +30,7 @@ from .events import EventRegistry, NewEvent, uuid7
 from .limits import (
     CONTROL_PATTERN,
     MAX_BATCH_BYTES,
+    MAX_BIGINT,
     MAX_DEPTH,
     MAX_ID_LENGTH,
     MAX_NUMBER_EXPONENT,
@@ -41,6 +42,7 @@ from .limits import (
 
 __all__ = [
     "PreparedAppend",
+    "check_limit",
     "check_stream_id",
     "check_value",
     "encoder",
@@ -523,3 +525,12 @@ def prepare_append(
         event_ids=tuple(ids),
         caller_ids=any(event.event_id is not None for event in events),
     )
+
+
+def check_limit(limit: object, operation: str, *, allow_none: bool = False) -> None:
+    if limit is None and allow_none:
+        return
+    if not isinstance(limit, int) or isinstance(limit, bool) or not 1 <= limit <= MAX_BIGINT:
+        raise ValidationError(
+            f"limit must be an int from 1 to {MAX_BIGINT}", field="limit", operation=operation
+        )

@@ -162,7 +162,7 @@ class EventRegistry:
 
 
 #: The registry used when a store is opened without one. The trading
-#: schemas (eventstore.schemas) register themselves here.
+#: schemas (trading.events) register themselves here.
 default_registry = EventRegistry()
 
 

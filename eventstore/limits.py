@@ -35,6 +35,7 @@ __all__ = [
     "MAX_AMOUNT_DIGITS",
     "MAX_BATCH_BYTES",
     "MAX_BATCH_EVENTS",
+    "MAX_BIGINT",
     "MAX_DECIMAL_PLACES",
     "MAX_DEPTH",
     "MAX_EVENT_BYTES",
@@ -140,3 +141,8 @@ def amount_problem(value: Decimal) -> str | None:
     if exponent + zeros < -MAX_DECIMAL_PLACES:
         return f"must have at most {MAX_DECIMAL_PLACES} decimal places, got {value}"
     return None
+
+
+#: The largest bigint: versions, positions and limits beyond it are refused
+#: here (PostgreSQL would not find a function taking a numeric).
+MAX_BIGINT: Final = 2**63 - 1

@@ -212,17 +212,3 @@ SELECT a.anchor_id, a.through_tx::text || '/' || a.through_position::text,
  LIMIT %(limit)s"""
 
 ANCHOR_COUNT: Final = "SELECT count(*) FROM utcp.chain_anchors"
-
-# Whether a trade was executed in a portfolio's stream (before a cancellation).
-TRADE_IN_STREAM: Final = """
-SELECT EXISTS (SELECT 1 FROM utcp.stored_events
-                WHERE stream_id = %s AND type = %s AND data ->> 'trade_id' = %s)"""
-
-# Read models (written by projections/, read here for the adapter).
-POSITIONS: Final = """
-SELECT portfolio_id, symbol, quantity, avg_cost, realized_pnl, fees, trade_count, updated_at
-  FROM utcp.positions WHERE portfolio_id = %s ORDER BY symbol"""
-
-PORTFOLIO: Final = """
-SELECT portfolio_id, name, base_currency, cash, realized_pnl, fees, opened_at, updated_at
-  FROM utcp.portfolios WHERE portfolio_id = %s"""

@@ -20,7 +20,7 @@ import msgspec
 
 from eventstore import EventStore, StoredEvent
 from eventstore.errors import ValidationError
-from eventstore.schemas import CashDeposited, CashWithdrawn, PortfolioOpened, Trade, TradeCancelled
+from trading.events import CashDeposited, CashWithdrawn, PortfolioOpened, Trade, TradeCancelled
 
 from .errors import ProjectionError
 from .rules import CONTEXT, ZERO, PositionState, apply_fill, cash_effect, replay_fills

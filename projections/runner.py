@@ -46,7 +46,7 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
 from eventstore import EventStore, StoredEvent, watchdog
-from eventstore.schemas import ProjectionEventSkipped
+from trading.events import ProjectionEventSkipped
 
 from . import sql
 from .errors import CheckpointMoved, ProjectionError

@@ -11,6 +11,8 @@ from typing import Final, LiteralString
 import msgspec
 from psycopg import sql
 
+from .models import Portfolio, Position
+
 __all__ = ["LIVE", "Tables", "shadow_tables"]
 
 SCHEMA: Final = "utcp"
@@ -55,26 +57,8 @@ TRADE_COLUMNS: Final = (
     "event_position",
     "updated_at",
 )
-POSITION_COLUMNS: Final = (
-    "portfolio_id",
-    "symbol",
-    "quantity",
-    "avg_cost",
-    "realized_pnl",
-    "fees",
-    "trade_count",
-    "updated_at",
-)
-PORTFOLIO_COLUMNS: Final = (
-    "portfolio_id",
-    "name",
-    "base_currency",
-    "cash",
-    "realized_pnl",
-    "fees",
-    "opened_at",
-    "updated_at",
-)
+POSITION_COLUMNS: Final = Position.__struct_fields__
+PORTFOLIO_COLUMNS: Final = Portfolio.__struct_fields__
 KEYS: Final = {
     "trades": ("trade_id",),
     "positions": ("portfolio_id", "symbol"),
@@ -327,3 +311,13 @@ DISCARD_SHADOW: Final = "SELECT utcp.rebuild_discard(%s::text)"
 TABLE_LOCKERS: Final = """
 SELECT pid, usename, application_name, state, lock_modes, xact_seconds
   FROM utcp.projection_table_lockers(%s::text)"""
+
+
+# -- reading the read models (projections/queries.py) ------------------------
+
+POSITIONS: Final = sql.SQL(
+    "SELECT {} FROM utcp.positions WHERE portfolio_id = %s ORDER BY symbol"
+).format(sql.SQL(", ").join(map(sql.Identifier, POSITION_COLUMNS)))
+PORTFOLIO: Final = sql.SQL("SELECT {} FROM utcp.portfolios WHERE portfolio_id = %s").format(
+    sql.SQL(", ").join(map(sql.Identifier, PORTFOLIO_COLUMNS))
+)

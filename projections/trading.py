@@ -23,7 +23,7 @@ import msgspec
 import psycopg
 
 from eventstore import StoredEvent
-from eventstore.schemas import (
+from trading.events import (
     CashDeposited,
     CashWithdrawn,
     PortfolioOpened,

@@ -6,6 +6,10 @@ import os
 
 from hypothesis import HealthCheck, settings
 
+# One home for the fixtures every package's tests use: a throwaway
+# database deployed through Sqitch, login roles, the shared store.
+pytest_plugins = ["tests.support.database"]
+
 # Property tests that talk to PostgreSQL are slow per example and share
 # fixtures across examples on purpose (each example uses fresh stream ids).
 settings.register_profile(

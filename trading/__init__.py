@@ -1,2 +1,41 @@
-"""The trading assistant's domain on top of the audit store: its trade
-setups (with revisions) and the events it saves (trading/setups.py)."""
+"""The trading assistant's domain on top of the log: its event types
+(:mod:`trading.events`), the storage adapter that records trades, cash
+movements and audit events (:mod:`trading.adapter`), and the assistant's
+trade setups with their revisions and saved events (:mod:`trading.setups`).
+
+    from eventstore import EventStore
+    from trading import StorageAdapter, trading_registry
+
+    with EventStore.open(registry=trading_registry()) as store:
+        adapter = StorageAdapter(store)
+"""
+
+from .adapter import StorageAdapter, audit_stream, portfolio_stream
+from .events import (
+    TRADE_EXECUTED,
+    AuditEvent,
+    CashDeposited,
+    CashWithdrawn,
+    PortfolioOpened,
+    ProjectionEventSkipped,
+    Trade,
+    TradeCancelled,
+    register,
+    trading_registry,
+)
+
+__all__ = [
+    "TRADE_EXECUTED",
+    "AuditEvent",
+    "CashDeposited",
+    "CashWithdrawn",
+    "PortfolioOpened",
+    "ProjectionEventSkipped",
+    "StorageAdapter",
+    "Trade",
+    "TradeCancelled",
+    "audit_stream",
+    "portfolio_stream",
+    "register",
+    "trading_registry",
+]

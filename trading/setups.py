@@ -41,7 +41,7 @@ from eventstore.errors import (
     ValidationError,
     WrongExpectedVersion,
 )
-from eventstore.events import NewEvent, StoredEvent, default_registry
+from eventstore.events import EventRegistry, NewEvent, StoredEvent
 from eventstore.limits import time_problem
 from eventstore.store import EventStore
 
@@ -522,8 +522,12 @@ def _revision(stored: StoredEvent) -> _RevisionData:
         ) from exc
 
 
-# The store validates every append of these types against their Structs
-# (also one made through the service's store.append tool): a setup's stream
-# cannot hold a revision that its readers would fail to decode.
-default_registry.register(SETUP_REVISED, _RevisionData, time_field="occurred_at")
-default_registry.register(ASSISTANT_EVENT, _EventData, time_field="occurred_at")
+def register(registry: EventRegistry) -> EventRegistry:
+    """Register a setup's revisions and the assistant's events in
+    ``registry`` (trading.events.register does, for trading_registry()):
+    a store opened with it validates every append of these types (also one
+    made through the service's store.append tool), so a setup's stream
+    cannot hold a revision that its readers would fail to decode."""
+    registry.register(SETUP_REVISED, _RevisionData, time_field="occurred_at")
+    registry.register(ASSISTANT_EVENT, _EventData, time_field="occurred_at")
+    return registry

@@ -49,6 +49,7 @@ from starlette.routing import Route
 from eventstore import sql as store_sql
 from eventstore.errors import EventStoreError, SchemaNotDeployed, StorageUnavailable, first_line
 from eventstore.store import EventStore
+from trading.events import trading_registry
 
 from .errors import Answer, answer_for, one_line
 from .keys import KeyCache, at_least
@@ -131,7 +132,11 @@ class Service:
                 raise failed[1].with_traceback(None)
             if self._store is None:
                 try:
-                    self._store = EventStore.open(self.settings.dsn, self.settings.store_settings())
+                    self._store = EventStore.open(
+                        self.settings.dsn,
+                        self.settings.store_settings(),
+                        registry=trading_registry(),
+                    )
                 except EventStoreError as exc:
                     self._failed = (time.monotonic(), exc)
                     raise
@@ -153,7 +158,8 @@ class Service:
         store = self._store
         if store is None:
             return values
-        pool = getattr(store, "_pool", None)  # EventStore has no public pool stats yet
+        # EventStore has no public pool statistics yet: read its Database's pool
+        pool = getattr(getattr(store, "_db", None), "pool", None)
         if pool is not None:
             stats = pool.get_stats()
             values["pool_size"] = float(stats.get("pool_size", 0))

@@ -13,9 +13,10 @@ from typing import Any
 import msgspec
 import uvicorn
 
+from eventstore.connection import DSN_ENV
 from eventstore.errors import ValidationError
 from eventstore.settings import Settings
-from eventstore.store import DSN_ENV, EventStore
+from eventstore.store import EventStore
 
 from .app import build_app
 from .keys import ROLES, add_key, list_keys, revoke_key

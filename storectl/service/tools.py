@@ -19,12 +19,14 @@ from typing import Annotated, Any, Final, Literal
 import msgspec
 
 from eventstore import ANY, NO_STREAM, STREAM_EXISTS, EventStore, NewEvent, StoredEvent
-from eventstore.adapter import Portfolio, Position, StorageAdapter
+from eventstore.chain import ChainReport
 from eventstore.events import AppendResult, ExpectedVersion
-from eventstore.schemas import CashDeposited, CashWithdrawn, PortfolioOpened, Trade, TradeCancelled
-from eventstore.store import ChainReport
+from projections import queries
 from projections.as_of import PortfolioAsOf, positions_as_of
+from projections.models import Portfolio, Position
 from projections.status import projection_status
+from trading.adapter import StorageAdapter
+from trading.events import CashDeposited, CashWithdrawn, PortfolioOpened, Trade, TradeCancelled
 from trading.setups import (
     AssistantEvent,
     SetupRevision,
@@ -393,12 +395,12 @@ def _lag(ctx: ToolContext) -> Lag:
 
 def get_positions(ctx: ToolContext, body: PortfolioInput) -> PositionsOutput:
     lag = _lag(ctx)
-    return PositionsOutput(ctx.adapter.get_positions(body.portfolio_id), lag)
+    return PositionsOutput(queries.get_positions(ctx.store, body.portfolio_id), lag)
 
 
 def get_portfolio(ctx: ToolContext, body: PortfolioInput) -> PortfolioOutput:
     lag = _lag(ctx)
-    return PortfolioOutput(ctx.adapter.get_portfolio(body.portfolio_id), lag)
+    return PortfolioOutput(queries.get_portfolio(ctx.store, body.portfolio_id), lag)
 
 
 def as_of(ctx: ToolContext, body: AsOfInput) -> PortfolioAsOf:

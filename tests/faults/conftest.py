@@ -1,7 +1,7 @@
 """Fault tests: a PRIVATE PostgreSQL 15 cluster started by the test session.
 
 initdb in a temporary directory, its own free port on 127.0.0.1, run as the
-``postgres`` OS user when the tests run as root (ops.drill.Cluster, the
+``postgres`` OS user when the tests run as root (storectl.drill.Cluster, the
 drill's own), restarted, stopped and its backends killed by the tests, and
 always stopped and removed at the end. The shared server on 5432 is never
 touched. Missing PostgreSQL binaries or Sqitch fail the tests (never skip).
@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from ops.drill import PG_BIN, chown_postgres
+from storectl.drill import PG_BIN, chown_postgres
 
 from .harness import FIGURES, FaultCluster, eventstore_cli
 

@@ -39,9 +39,9 @@ from eventstore import (
     ValidationError,
     WrongExpectedVersion,
 )
-from eventstore.schemas import CashDeposited, PortfolioOpened, Trade
-from ops.drill import PG_BIN, Cluster, run
 from projections import ProjectionError, ProjectionRunner
+from storectl.drill import PG_BIN, Cluster, run
+from trading.events import CashDeposited, PortfolioOpened, Trade
 
 #: Every wait of the fault tests is bounded by this (seconds).
 WAIT: Final = 60.0
@@ -92,7 +92,7 @@ FIGURES: list[str] = []
 
 
 class FaultCluster(Cluster):
-    """A private cluster of the fault tests (ops.drill.Cluster: initdb in a
+    """A private cluster of the fault tests (storectl.drill.Cluster: initdb in a
     temporary directory, its own port, run as the postgres OS user when
     running as root), which can also be restarted."""
 
@@ -124,7 +124,7 @@ class FaultCluster(Cluster):
 
 def eventstore_cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "eventstore", *args],
+        [sys.executable, "-m", "storectl", *args],
         capture_output=True,
         text=True,
         timeout=timeout,

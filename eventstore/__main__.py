@@ -1,7 +1,0 @@
-"""``python -m eventstore`` is the ``eventstore`` command."""
-
-import sys
-
-from .cli import main
-
-sys.exit(main())

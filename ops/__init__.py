@@ -1,1 +1,0 @@
-"""Operations tooling: the backup, restore and read scale-out drill (``make drill``)."""
