@@ -188,6 +188,11 @@ class EventStore:
         """
         return self._reader.query(operation, query, params, by_name=by_name)
 
+    def pool_stats(self) -> dict[str, int]:
+        """The connection pool's figures (``pool_size``, ``pool_available``,
+        ``requests_waiting``, …), for metrics."""
+        return {k: int(v) for k, v in self._db.pool.get_stats().items()}
+
     # -- operations ---------------------------------------------------------
 
     def verify_chain(self, stream_id: str | None = None, *, limit: int = 100) -> ChainReport:

@@ -1324,6 +1324,12 @@ def build_parser() -> argparse.ArgumentParser:
     anchor.set_defaults(handler=_anchor)
 
     _add_project_parser(commands)
+    try:  # `serve` and `keys` need the service extra (pip install '.[service]')
+        from storectl.service.command import add_parser as add_service_parsers  # noqa: PLC0415
+    except ImportError:
+        pass
+    else:
+        add_service_parsers(commands)
     return parser
 
 

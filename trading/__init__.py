@@ -1,6 +1,7 @@
 """The trading assistant's domain on top of the log: its event types
-(:mod:`trading.events`) and the storage adapter that records trades, cash
-movements and audit events (:mod:`trading.adapter`).
+(:mod:`trading.events`), the storage adapter that records trades, cash
+movements and audit events (:mod:`trading.adapter`), and the assistant's
+trade setups with their revisions and saved events (:mod:`trading.setups`).
 
     from eventstore import EventStore
     from trading import StorageAdapter, trading_registry

@@ -21,6 +21,8 @@ from eventstore import EventRegistry
 from eventstore.errors import ValidationError
 from eventstore.limits import amount_problem, time_problem
 
+from . import setups
+
 __all__ = [
     "TRADE_EXECUTED",
     "AuditEvent",
@@ -245,6 +247,7 @@ def register(registry: EventRegistry) -> EventRegistry:
     registry.register(
         ProjectionEventSkipped.EVENT_TYPE, ProjectionEventSkipped, time_field="occurred_at"
     )
+    setups.register(registry)  # the assistant's setups and events (trading.setups)
     return registry
 
 

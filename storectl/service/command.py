@@ -1,0 +1,174 @@
+"""The ``serve`` and ``keys`` subcommands (``eventstore serve``, ``eventstore
+keys add|list|revoke``)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+from typing import Any
+
+import msgspec
+import uvicorn
+
+from eventstore.connection import DSN_ENV
+from eventstore.errors import ValidationError
+from eventstore.settings import Settings
+from eventstore.store import EventStore
+
+from .app import build_app
+from .keys import ROLES, add_key, list_keys, revoke_key
+from .server import uvicorn_config
+from .settings import ServiceSettings
+
+__all__ = ["add_parser", "run", "run_keys"]
+
+
+def _dsn(args: argparse.Namespace) -> str:
+    dsn: str | None = args.dsn or os.environ.get(DSN_ENV)
+    if not dsn:
+        raise ValidationError(f"no database given: pass --dsn or set {DSN_ENV}", field="dsn")
+    return dsn
+
+
+def _add_dsn(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--dsn", default=None, help=f"PostgreSQL connection string (default: ${DSN_ENV})"
+    )
+
+
+def add_parser(subparsers: Any) -> None:
+    """Add ``serve`` and ``keys`` to the CLI's subcommands."""
+    serve = subparsers.add_parser(
+        "serve", help="serve the store's tools over HTTP (UTCP manual at /utcp)"
+    )
+    defaults = ServiceSettings(dsn="-")
+    serve.add_argument("--host", default=defaults.host, help="address to bind (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=defaults.port, help="port (default 8080)")
+    serve.add_argument(
+        "--public-url",
+        metavar="URL",
+        help="base URL clients reach the service at, for the manual's absolute URLs "
+        "(default: from the host and port)",
+    )
+    serve.add_argument("--tls-cert", metavar="FILE", help="TLS certificate (PEM): serve https")
+    serve.add_argument("--tls-key", metavar="FILE", help="the certificate's private key (PEM)")
+    serve.add_argument(
+        "--no-auth",
+        action="store_true",
+        help="no API keys (every caller is admin): only on a loopback address",
+    )
+    serve.add_argument("--max-body-bytes", type=int, default=defaults.max_body_bytes, metavar="N")
+    serve.add_argument(
+        "--request-timeout",
+        type=float,
+        default=defaults.request_timeout,
+        metavar="S",
+        help="per-call time limit in seconds (then 504)",
+    )
+    serve.add_argument(
+        "--db-wait",
+        type=float,
+        default=defaults.db_wait,
+        metavar="S",
+        help="wait at most this long for a database connection (then 503)",
+    )
+    serve.add_argument("--threads", type=int, default=defaults.threads, metavar="N")
+    serve.add_argument("--pool-size", type=int, default=defaults.pool_size, metavar="N")
+    serve.add_argument(
+        "--key-cache-seconds", type=float, default=defaults.key_cache_seconds, metavar="S"
+    )
+    serve.add_argument(
+        "--shutdown-grace",
+        type=float,
+        default=defaults.shutdown_grace,
+        metavar="S",
+        help="on SIGTERM, seconds in-flight calls get to finish",
+    )
+    _add_dsn(serve)
+    serve.set_defaults(handler=run)
+
+    keys = subparsers.add_parser("keys", help="API keys of `serve` (as an operator)")
+    actions = keys.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
+    add = actions.add_parser("add", help="make a key; it is printed once, never again")
+    add.add_argument("name", metavar="NAME")
+    add.add_argument("--role", choices=ROLES, required=True)
+    listing = actions.add_parser("list", help="every key: name, role, created, revoked")
+    listing.add_argument("--json", action="store_true", help="print JSON lines")
+    revoke = actions.add_parser("revoke", help="revoke a key for good")
+    revoke.add_argument("name", metavar="NAME")
+    for sub in (add, listing, revoke):
+        _add_dsn(sub)
+        sub.set_defaults(handler=run_keys)
+
+
+def settings_from(args: argparse.Namespace) -> ServiceSettings:
+    return ServiceSettings(
+        dsn=_dsn(args),
+        host=args.host,
+        port=args.port,
+        public_url=args.public_url,
+        no_auth=args.no_auth,
+        max_body_bytes=args.max_body_bytes,
+        request_timeout=args.request_timeout,
+        db_wait=args.db_wait,
+        threads=args.threads,
+        pool_size=args.pool_size,
+        key_cache_seconds=args.key_cache_seconds,
+        tls_certfile=args.tls_cert,
+        tls_keyfile=args.tls_key,
+        shutdown_grace=args.shutdown_grace,
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    """``eventstore serve``: run until SIGTERM or SIGINT (in-flight calls finish)."""
+    settings = settings_from(args)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    access = logging.getLogger("storectl.service.access")
+    access.addHandler(handler)
+    access.setLevel(logging.INFO)
+    access.propagate = False
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    server = uvicorn.Server(uvicorn_config(build_app(settings), settings))
+    # uvicorn stops gracefully on SIGTERM/SIGINT, then raises the signal
+    # again for the handler it found: with this one, serve returns 0.
+    stopped: list[int] = []
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: stopped.append(signum))
+    try:
+        server.run()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    return 0
+
+
+def run_keys(args: argparse.Namespace) -> int:
+    with EventStore.open(_dsn(args), Settings.from_env(pool_min_size=1, pool_max_size=1)) as store:
+        if args.keys_command == "add":
+            key, secret = add_key(_dsn(args), args.name, args.role)
+            print(secret)
+            print(
+                f"key {key.name!r} ({key.role}) added: the line above is its secret, shown only "
+                "this once",
+                file=sys.stderr,
+            )
+        elif args.keys_command == "list":
+            for key in list_keys(store):
+                if args.json:
+                    print(msgspec.json.encode(key).decode())
+                else:
+                    revoked = (
+                        f"revoked {key.revoked_at:%Y-%m-%d %H:%M:%S%z}"
+                        if key.revoked_at
+                        else "active"
+                    )
+                    print(
+                        f"{key.name}\t{key.role}\t{key.created_at:%Y-%m-%d %H:%M:%S%z}\t{revoked}"
+                    )
+        else:
+            key = revoke_key(_dsn(args), args.name)
+            print(f"key {key.name!r} revoked", file=sys.stderr)
+    return 0
