@@ -7,6 +7,7 @@ event log on PostgreSQL.
 """
 
 from .chain import Anchor, ChainReport
+from .checkpoint import HORIZON_SQL, Checkpoint, checkpoint_sql, visible_sql
 from .errors import (
     AppendOutcomeUnknown,
     CheckpointNotInLog,
@@ -32,17 +33,20 @@ from .events import (
     StoredEvent,
 )
 from .health import StoreStatus
+from .paging import Page
 from .settings import Settings
 from .store import EventStore
 
 __all__ = [
     "ANY",
+    "HORIZON_SQL",
     "NO_STREAM",
     "STREAM_EXISTS",
     "Anchor",
     "AppendOutcomeUnknown",
     "AppendResult",
     "ChainReport",
+    "Checkpoint",
     "CheckpointNotInLog",
     "DuplicateEventId",
     "EventRegistry",
@@ -52,6 +56,7 @@ __all__ = [
     "IntegrityViolation",
     "LogOrderHazard",
     "NewEvent",
+    "Page",
     "SchemaNotDeployed",
     "Settings",
     "SqitchError",
@@ -61,4 +66,6 @@ __all__ = [
     "StoredEvent",
     "ValidationError",
     "WrongExpectedVersion",
+    "checkpoint_sql",
+    "visible_sql",
 ]
