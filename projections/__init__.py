@@ -5,6 +5,7 @@ global log with ``EventStore.read_all`` and write their own tables.
 """
 
 from .errors import CheckpointMoved, ProjectionError
+from .models import Portfolio, Position, TradeRow, decimal_text, plain_decimal
 from .rules import PositionState, apply_fill, cash_effect, replay_fills, round_cost
 from .runner import ProjectionRunner
 from .sql import LIVE, Tables
@@ -13,13 +14,18 @@ from .trading import TradingProjection
 __all__ = [
     "LIVE",
     "CheckpointMoved",
+    "Portfolio",
+    "Position",
     "PositionState",
     "ProjectionError",
     "ProjectionRunner",
     "Tables",
+    "TradeRow",
     "TradingProjection",
     "apply_fill",
     "cash_effect",
+    "decimal_text",
+    "plain_decimal",
     "replay_fills",
     "round_cost",
 ]

@@ -13,7 +13,7 @@ from psycopg import sql
 
 from eventstore import checkpoint_sql, visible_sql
 
-from .models import Portfolio, Position
+from .models import Portfolio, Position, TradeRow
 
 __all__ = ["LIVE", "Tables", "shadow_tables"]
 
@@ -45,20 +45,7 @@ def shadow_tables(suffix: str = "rebuild") -> Tables:
     )
 
 
-TRADE_COLUMNS: Final = (
-    "trade_id",
-    "portfolio_id",
-    "symbol",
-    "side",
-    "quantity",
-    "price",
-    "fees",
-    "executed_at",
-    "order_id",
-    "status",
-    "event_position",
-    "updated_at",
-)
+TRADE_COLUMNS: Final = TradeRow.__struct_fields__
 POSITION_COLUMNS: Final = Position.__struct_fields__
 PORTFOLIO_COLUMNS: Final = Portfolio.__struct_fields__
 KEYS: Final = {

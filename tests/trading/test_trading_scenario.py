@@ -22,6 +22,7 @@ import pytest
 from psycopg.rows import dict_row
 
 from eventstore import AppendResult, EventStore, Settings
+from projections.models import plain_decimal
 from projections.queries import get_portfolio, get_positions
 from projections.runner import ProjectionRunner
 from tests.support.database import deployed_database
@@ -273,6 +274,12 @@ def check_step(
         for p in get_positions(adapter.store, PID)
     }
     assert through_adapter == {s: c for s, c in want.positions.items() if c is not None}, where
+    # Handed out plain: what the table holds as 230.500000000000 or 0E-12
+    # comes back as 230.5 and 0, the same values.
+    for amounts in through_adapter.values():
+        for amount in amounts[:4]:
+            assert amount == plain_decimal(amount), where
+            assert amount.as_tuple() == plain_decimal(amount).as_tuple(), f"{where}: {amount!r}"
 
     trades = {
         r["trade_id"]: r for r in rows(conn, "SELECT * FROM utcp.trades WHERE portfolio_id = %s")
