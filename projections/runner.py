@@ -44,6 +44,7 @@ from typing import Any, Final
 import msgspec
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
+from psycopg.rows import dict_row
 
 from eventstore import Checkpoint, EventStore, StoredEvent, watchdog
 from trading.events import ProjectionEventSkipped
@@ -103,8 +104,8 @@ class LeaseHolder(msgspec.Struct, frozen=True):
 
 def lease_holders(conn: psycopg.Connection[Any], name: str) -> list[LeaseHolder]:
     """The live holder and requester of projection ``name``'s lease."""
-    rows = conn.execute(sql.LEASE_HOLDERS, (name,)).fetchall()
-    return [LeaseHolder(*row) for row in rows]
+    rows = conn.cursor(row_factory=dict_row).execute(sql.LEASE_HOLDERS, (name,)).fetchall()
+    return [LeaseHolder(**row) for row in rows]
 
 
 class ProjectionRunner:

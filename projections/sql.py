@@ -256,7 +256,8 @@ UPDATE utcp.projection_leases
         OR (requested_pid = pg_backend_pid() AND requested_nonce = %(nonce)s))"""
 
 # The live holder and requester of a lease ("holder"/"requester", pid,
-# role, application, state, since), for status and messages.
+# role, application, state, since), for status and messages; the columns
+# are runner.LeaseHolder's fields (rows mapped by name).
 LEASE_HOLDERS: Final = """
 SELECT role, pid, usename, application_name, state, since
   FROM utcp.projection_lease_holders(%s::text)"""

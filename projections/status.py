@@ -94,5 +94,5 @@ def projection_status(store: EventStore, name: str = "trading") -> ProjectionSta
 def lease_sessions(store: EventStore, name: str) -> dict[str, LeaseHolder]:
     """The live "holder" and "requester" of lease ``name`` (through
     utcp.projection_lease_holders: the lease table itself is the projector's)."""
-    rows = store.query("project_status", sql.LEASE_HOLDERS, (name,))
-    return {str(row[0]): LeaseHolder(*row) for row in rows}
+    rows = store.query("project_status", sql.LEASE_HOLDERS, (name,), by_name=True)
+    return {str(row["role"]): LeaseHolder(**row) for row in rows}
