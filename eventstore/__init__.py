@@ -34,7 +34,7 @@ from .events import (
 )
 from .health import StoreStatus
 from .paging import Page
-from .settings import Settings
+from .settings import Settings, SettingsWarning
 from .store import EventStore
 
 __all__ = [
@@ -59,6 +59,7 @@ __all__ = [
     "Page",
     "SchemaNotDeployed",
     "Settings",
+    "SettingsWarning",
     "SqitchError",
     "StorageError",
     "StorageUnavailable",

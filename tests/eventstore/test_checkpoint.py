@@ -65,7 +65,14 @@ def test_malformed_checkpoints_are_validation_errors(bad: object) -> None:
 
 
 def test_checkpoint_is_public() -> None:
-    for name in ("Checkpoint", "HORIZON_SQL", "visible_sql", "checkpoint_sql", "Page"):
+    for name in (
+        "Checkpoint",
+        "HORIZON_SQL",
+        "visible_sql",
+        "checkpoint_sql",
+        "Page",
+        "SettingsWarning",
+    ):
         assert name in eventstore.__all__
 
 
