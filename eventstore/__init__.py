@@ -19,6 +19,7 @@ from importlib.metadata import version as _distribution_version
 
 from . import sqitch, watchdog
 from .chain import DEFAULT_ANCHOR_LOCK_TIMEOUT, Anchor, AnchorProblem, ChainProblem, ChainReport
+from .checkpoint import HORIZON_SQL, Checkpoint, checkpoint_sql, visible_sql
 from .errors import (
     AppendOutcomeUnknown,
     CheckpointNotInLog,
@@ -46,8 +47,9 @@ from .events import (
     StoredEvent,
 )
 from .health import StoreStatus
+from .paging import Page
 from .public import present_as_package
-from .settings import Settings
+from .settings import Settings, SettingsWarning
 from .store import EventStore
 
 #: The distribution's name on an index (pyproject.toml).
@@ -62,6 +64,7 @@ except PackageNotFoundError:  # imported from a checkout that was never installe
 __all__ = [
     "ANY",
     "DEFAULT_ANCHOR_LOCK_TIMEOUT",
+    "HORIZON_SQL",
     "NO_STREAM",
     "STREAM_EXISTS",
     "Anchor",
@@ -70,6 +73,7 @@ __all__ = [
     "AppendResult",
     "ChainProblem",
     "ChainReport",
+    "Checkpoint",
     "CheckpointNotInLog",
     "DuplicateEventId",
     "EventRegistry",
@@ -81,8 +85,10 @@ __all__ = [
     "IntegrityViolation",
     "LogOrderHazard",
     "NewEvent",
+    "Page",
     "SchemaNotDeployed",
     "Settings",
+    "SettingsWarning",
     "SqitchError",
     "StorageError",
     "StorageUnavailable",
@@ -91,8 +97,10 @@ __all__ = [
     "ValidationError",
     "WrongExpectedVersion",
     "__version__",
+    "checkpoint_sql",
     "present_as_package",
     "sqitch",
+    "visible_sql",
     "watchdog",
 ]
 

@@ -42,7 +42,9 @@ from .limits import (
 
 __all__ = [
     "PreparedAppend",
+    "check_identifier",
     "check_limit",
+    "check_query_time",
     "check_stream_id",
     "check_value",
     "encoder",
@@ -534,3 +536,17 @@ def check_limit(limit: object, operation: str, *, allow_none: bool = False) -> N
         raise ValidationError(
             f"limit must be an int from 1 to {MAX_BIGINT}", field="limit", operation=operation
         )
+
+
+def check_query_time(value: object, field: str, operation: str) -> dt.datetime | None:
+    """A bound of a query over business time: None, or a timezone-aware
+    datetime (a naive one would be read in the server's time zone)."""
+    if value is None:
+        return None
+    if not isinstance(value, dt.datetime) or value.tzinfo is None or value.utcoffset() is None:
+        raise ValidationError(
+            f"{field} must be a timezone-aware datetime, got {value!r}",
+            field=field,
+            operation=operation,
+        )
+    return value

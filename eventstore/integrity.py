@@ -46,6 +46,7 @@ from typing import Any, Final
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
+from .checkpoint import Checkpoint
 from .errors import StorageUnavailable, ValidationError, first_line
 from .settings import Settings, redact, redact_dsn
 
@@ -220,10 +221,10 @@ _HUMAN = re.compile(
 
 
 def _checkpoint(text: str) -> tuple[int, int]:
-    tx, sep, pos = text.partition("/")
-    if not sep or not tx.isdigit() or not pos.isdigit():
-        raise ValueError(f"not a checkpoint: {text!r}")
-    return int(tx), int(pos)
+    """(tx, position) of a saved anchor's checkpoint; a ValidationError (a
+    ValueError) when it is not one."""
+    at = Checkpoint.parse(text, field="checkpoint", operation="verify_anchors")
+    return at.tx, at.position
 
 
 def parse_saved_anchors(text: str, source: str = "") -> list[SavedAnchor]:

@@ -3,19 +3,21 @@ queries served by the log's indexes."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import datetime as dt
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, LiteralString
 
 from psycopg.rows import dict_row
 from psycopg.sql import SQL, Composed
 
 from . import sql
-from .checkpoint import checkpoint_not_in_log, format_checkpoint, parse_checkpoint
-from .codec import check_limit, check_stream_id
+from .checkpoint import Checkpoint, checkpoint_not_in_log
+from .codec import check_identifier, check_limit, check_query_time, check_stream_id
 from .connection import Database
 from .errors import ValidationError
 from .events import StoredEvent
 from .limits import MAX_BIGINT
+from .paging import Page, page_cursor, parse_page_cursor
 
 __all__ = ["Reader"]
 
@@ -70,12 +72,13 @@ class Reader:
         however writers' commits interleave (docs/design.md §4). An empty page
         means "nothing more committed yet".
         """
-        tx, pos = parse_checkpoint(after)
+        checkpoint = Checkpoint.parse(after)
+        tx, pos = checkpoint.tx_param, checkpoint.position
         check_limit(limit, "read_all")
         # The page starts at the checkpoint's own event (sql.READ_ALL): one
         # more row, dropped here, that proves the checkpoint is in the log.
         fetch = min(limit + 1, MAX_BIGINT)
-        head = format_checkpoint(tx, pos)  # the checkpoint's event, as the page shows it
+        head = str(checkpoint)  # the checkpoint's event, as the page shows it
         query: str
         params: tuple[Any, ...]
         if types is None:
@@ -90,7 +93,7 @@ class Reader:
         def work(_: int) -> list[StoredEvent]:
             with self._db.connection() as conn:
                 rows = conn.cursor(binary=True).execute(query, params).fetchall()
-                if int(tx) == 0 and pos == 0:  # the start of the log (START)
+                if checkpoint.is_start:
                     return [StoredEvent(*row) for row in rows[:limit]]
                 if rows and rows[0][1] == head:
                     return [StoredEvent(*row) for row in rows[1:]]
@@ -111,14 +114,25 @@ class Reader:
         symbol: str | None = None,
         category: str | None = None,
         stream_id: str | None = None,
-        since: Any = None,
-        until: Any = None,
+        since: dt.datetime | None = None,
+        until: dt.datetime | None = None,
         limit: int = 1000,
-    ) -> list[StoredEvent]:
+        after: str | None = None,
+    ) -> Page[StoredEvent]:
         """Events by type, symbol, stream category or stream, with business
-        time (``occurred_at``) in ``[since, until)``, in that time order.
-        Served by the log's indexes."""
-        check_limit(limit, "find_events")
+        time (``occurred_at``) in ``[since, until)``, in that time order
+        (position breaks ties), a page of at most ``limit``; ``after``: the
+        ``next`` cursor of the page before. Served by the log's indexes."""
+        op = "find_events"
+        for field, value in (("type", type), ("symbol", symbol), ("category", category)):
+            if value is not None:
+                check_identifier(value, field, what=field, operation=op, stream_id=None)
+        if stream_id is not None:
+            check_stream_id(stream_id, op)
+        check_query_time(since, "since", op)
+        check_query_time(until, "until", op)
+        check_limit(limit, op)
+        after_at, after_position = (None, None) if after is None else parse_page_cursor(after, op)
         query = sql.find_events(
             type=type is not None,
             symbol=symbol is not None,
@@ -126,6 +140,7 @@ class Reader:
             stream_id=stream_id is not None,
             since=since is not None,
             until=until is not None,
+            after=after is not None,
         )
         params = {
             "type": type,
@@ -134,9 +149,67 @@ class Reader:
             "stream_id": stream_id,
             "since": since,
             "until": until,
-            "limit": limit,
+            "after_at": after_at,
+            "after_position": after_position,
+            # One more than the page: whether there is a next one.
+            "limit": min(limit + 1, MAX_BIGINT),
         }
-        return self._fetch_events("find_events", query, params)
+        events = self._fetch_events(op, query, params)
+        if len(events) > limit:
+            return Page(events[:limit], page_cursor(events[limit - 1]))
+        return Page(events)
+
+    def iter_stream(
+        self, stream_id: str, *, from_version: int = 1, page_size: int = 1000
+    ) -> Iterator[StoredEvent]:
+        """The events of one stream, from ``from_version`` on, in version
+        order, read ``page_size`` at a time (one round trip each, only when
+        the events before are consumed): memory stays flat however long
+        the stream is. Each page is a consistent read of its own. The
+        arguments are checked at the call, not at the first event."""
+        check_limit(page_size, "read_stream")
+        first = self.read_stream(stream_id, from_version=from_version, limit=page_size)
+
+        def pages(page: list[StoredEvent]) -> Iterator[StoredEvent]:
+            while True:
+                yield from page
+                if len(page) < page_size:
+                    return
+                version = page[-1].stream_version + 1
+                page = self.read_stream(stream_id, from_version=version, limit=page_size)
+
+        return pages(first)
+
+    def iter_all(
+        self,
+        *,
+        after: str | None = None,
+        page_size: int = 1000,
+        types: Sequence[str] | None = None,
+    ) -> Iterator[StoredEvent]:
+        """The global log after checkpoint ``after``, like :meth:`read_all`,
+        ``page_size`` events at a time, until nothing more is committed
+        (readable) yet. Resume from the last event's ``checkpoint``. The
+        arguments are checked (and the first page read) at the call."""
+        check_limit(page_size, "read_all")
+        first = self.read_all(after=after, limit=page_size, types=types)
+
+        def pages(page: list[StoredEvent]) -> Iterator[StoredEvent]:
+            while page:
+                yield from page
+                page = self.read_all(after=page[-1].checkpoint, limit=page_size, types=types)
+
+        return pages(first)
+
+    def checkpoint_in_log(self, checkpoint: str) -> bool:
+        """Whether ``checkpoint`` names an event of this log (the start does)."""
+        at = Checkpoint.parse(checkpoint, field="checkpoint", operation="checkpoint_in_log")
+        if at.is_start:
+            return True
+        rows = self.query(
+            "checkpoint_in_log", sql.CHECKPOINT_IN_LOG, {"tx": at.tx_param, "pos": at.position}
+        )
+        return bool(rows and rows[0][0])
 
     def query(
         self,

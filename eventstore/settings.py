@@ -1,14 +1,20 @@
 """Connection, pool and retry settings, with production defaults.
 
 Every field can be overridden from the environment as ``EVENTSTORE_<FIELD>``
-(``EVENTSTORE_POOL_MAX_SIZE=20``); durations are seconds.
+(``EVENTSTORE_POOL_MAX_SIZE=20``); durations are seconds. A bad value is a
+ValidationError naming the setting and the variable; an ``EVENTSTORE_*``
+variable nobody reads (a misspelling) gets a :class:`SettingsWarning`, once,
+naming the closest known one (docs/settings.md).
 """
 
 from __future__ import annotations
 
+import difflib
 import math
 import os
 import re
+import threading
+import warnings
 from collections.abc import Mapping
 from typing import Any, Final
 from urllib.parse import unquote
@@ -18,9 +24,82 @@ import msgspec
 from .errors import ValidationError
 from .limits import MAX_BATCH_EVENTS, MAX_EVENT_BYTES
 
-__all__ = ["REDACTED", "SECRET_PARAMS", "Settings", "dsn_secrets", "redact", "redact_dsn"]
+__all__ = [
+    "ENV_PREFIX",
+    "OTHER_VARIABLES",
+    "REDACTED",
+    "SECRET_PARAMS",
+    "Settings",
+    "SettingsWarning",
+    "dsn_secrets",
+    "redact",
+    "redact_dsn",
+]
 
-ENV_PREFIX = "EVENTSTORE_"
+ENV_PREFIX: Final = "EVENTSTORE_"
+
+#: The ``EVENTSTORE_*`` variables that are not Settings fields: read by the
+#: store (the DSN), the tools and the tests (docs/settings.md, "Test and
+#: tool variables"). A program that reads one more adds it here (and to
+#: the docs), or it is warned about as a misspelling.
+OTHER_VARIABLES: Final = frozenset(
+    {
+        "EVENTSTORE_DSN",
+        "EVENTSTORE_TEST_DSN",
+        "EVENTSTORE_BENCH_DSN",
+        "EVENTSTORE_SQITCH_DIR",
+        "EVENTSTORE_LOCAL_PORT",
+        "EVENTSTORE_LOCAL_PG",
+        "EVENTSTORE_LOCAL_PGDATA",
+        "EVENTSTORE_PG_BIN",
+        "EVENTSTORE_DEFAULT_PORT",
+    }
+)
+
+
+class SettingsWarning(UserWarning):
+    """An ``EVENTSTORE_*`` variable no setting or tool reads (a misspelling?)."""
+
+
+_warned: set[str] = set()
+_warned_lock = threading.Lock()
+
+
+def _variable(name: str) -> str:
+    return ENV_PREFIX + name.upper()
+
+
+def _warn_unknown(env: Mapping[str, str], fields: tuple[str, ...]) -> None:
+    """One SettingsWarning per unknown ``EVENTSTORE_*`` variable per process."""
+    known = {_variable(n) for n in fields} | OTHER_VARIABLES
+    for variable in env:
+        if not variable.startswith(ENV_PREFIX) or variable in known:
+            continue
+        with _warned_lock:
+            if variable in _warned:
+                continue
+            _warned.add(variable)
+        # Compared without the prefix every candidate shares.
+        names = sorted(k.removeprefix(ENV_PREFIX) for k in known)
+        close = difflib.get_close_matches(variable.removeprefix(ENV_PREFIX), names, n=1)
+        hint = f" (did you mean {ENV_PREFIX}{close[0]}?)" if close else ""
+        warnings.warn(
+            f"{variable} is not a variable the event store reads{hint}: it is ignored "
+            "(docs/settings.md lists them)",
+            SettingsWarning,
+            stacklevel=3,
+        )
+
+
+def _kind(default: object) -> tuple[type, ...]:
+    """The types a setting with this default takes (an int is a float too)."""
+    if isinstance(default, bool):
+        return (bool,)
+    if isinstance(default, int):
+        return (int,)
+    if isinstance(default, float):
+        return (int, float)
+    return (type(default),)
 
 
 class Settings(msgspec.Struct, frozen=True, kw_only=True):
@@ -73,6 +152,16 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     notify_channel: str = "utcp_events"
 
     def __post_init__(self) -> None:
+        for name in self.__struct_fields__:
+            value = getattr(self, name)
+            kind = _kind(_DEFAULTS[name])
+            if not isinstance(value, kind) or (isinstance(value, bool) and bool not in kind):
+                raise ValidationError(
+                    f"invalid setting {name}={value!r}: expected "
+                    f"{' or '.join(k.__name__ for k in kind)}, got {type(value).__name__}",
+                    field=name,
+                    operation="settings",
+                )
         checks: list[tuple[str, bool]] = [
             ("pool_min_size", self.pool_min_size >= 0),
             ("pool_max_size", self.pool_max_size >= max(1, self.pool_min_size)),
@@ -107,24 +196,54 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
                 )
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
-        """Defaults, then ``EVENTSTORE_*`` variables, then ``overrides``."""
+    def from_env(
+        cls,
+        environ: Mapping[str, str] | None = None,
+        *,
+        defaults: Mapping[str, Any] | None = None,
+        **overrides: Any,
+    ) -> Settings:
+        """The class's defaults, then ``defaults`` (a program's own, like the
+        CLI's small pool), then the ``EVENTSTORE_*`` variables of
+        ``environ`` (default ``os.environ``; empty ones are ignored), then
+        ``overrides`` (which win over everything). When ``pool_min_size``
+        is raised above a default ``pool_max_size``, the maximum follows it.
+        A bad value is a ValidationError naming the setting (and the
+        variable it came from); an unknown ``EVENTSTORE_*`` variable, a
+        :class:`SettingsWarning`."""
         env = os.environ if environ is None else environ
-        values: dict[str, Any] = {}
-        for name in cls.__struct_fields__:
-            raw = env.get(ENV_PREFIX + name.upper())
-            if raw is not None and raw != "":
-                values[name] = raw
-        values.update(overrides)
+        fields = cls.__struct_fields__
+        _warn_unknown(env, fields)
+        sources: dict[str, str] = {}
+        raw: dict[str, Any] = {}
+        for origin, given in (("defaults", defaults or {}), ("overrides", overrides)):
+            for name, value in given.items():
+                if name not in fields:
+                    raise ValidationError(
+                        f"unknown setting {name!r} in {origin}", field=name, operation="settings"
+                    )
+                raw[name], sources[name] = value, f"{name}={value!r}"
+            if origin == "defaults":
+                for name in fields:
+                    value = env.get(_variable(name))
+                    if value is not None and value != "":
+                        raw[name], sources[name] = value, f"{_variable(name)}={value!r}"
+        from_program = set(overrides) | {n for n in raw if sources[n].startswith(ENV_PREFIX)}
+        typed = {name: _convert(name, value, sources[name]) for name, value in raw.items()}
+        if "pool_max_size" not in from_program and "pool_min_size" in typed:
+            minimum = typed["pool_min_size"]
+            ceiling = typed.get("pool_max_size", _DEFAULTS["pool_max_size"])
+            if isinstance(minimum, int) and isinstance(ceiling, int) and minimum > ceiling:
+                typed["pool_max_size"] = minimum
         try:
-            return msgspec.convert(values, cls, strict=False)
-        except msgspec.ValidationError as exc:
-            if isinstance(exc.__cause__, ValidationError):  # from __post_init__
-                raise exc.__cause__ from None
-            match = re.search(r"\$\.(\w+)", str(exc))
+            return cls(**typed)
+        except ValidationError as exc:
+            source = sources.get(exc.field or "")
+            if source is None or not source.startswith(ENV_PREFIX):
+                raise
             raise ValidationError(
-                f"invalid setting: {exc}",
-                field=match.group(1) if match else None,
+                f"{exc.message} (from {source.partition('=')[0]})",
+                field=exc.field,
                 operation="settings",
             ) from exc
 
@@ -162,6 +281,25 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             "keepalives_count": self.keepalives_count,
             "tcp_user_timeout": _ms(self.tcp_user_timeout),
         }
+
+
+#: Each setting's default (its type is the setting's type).
+_DEFAULTS: Final[dict[str, Any]] = {f.name: f.default for f in msgspec.structs.fields(Settings)}
+
+
+def _convert(name: str, value: Any, source: str) -> Any:
+    """``value`` (text from the environment, or a program's) as setting
+    ``name``'s type; a ValidationError naming the setting and the source."""
+    kind = _kind(_DEFAULTS[name])
+    target: type = float if float in kind else kind[0]
+    try:
+        return msgspec.convert(value, target, strict=False)
+    except msgspec.ValidationError as exc:
+        raise ValidationError(
+            f"invalid setting {source}: expected {target.__name__}",
+            field=name,
+            operation="settings",
+        ) from exc
 
 
 #: What ``network_timeout`` 0 adds to statement_timeout (seconds).

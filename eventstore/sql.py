@@ -12,6 +12,8 @@ from typing import Final
 
 from psycopg import sql
 
+from .checkpoint import checkpoint_sql, visible_sql
+
 # Every argument cast to its exact type: no overload of append_events that
 # someone else created with looser types (unknown, int2) can be preferred.
 APPEND: Final = (
@@ -25,8 +27,8 @@ APPEND_GROUP: Final = (
 )
 
 # Columns in StoredEvent's field order; checkpoint is "<tx_id>/<position>".
-EVENT_COLUMNS: Final = """
-    position, tx_id::text || '/' || position::text, event_id, stream_id, stream_version,
+EVENT_COLUMNS: Final = f"""
+    position, {checkpoint_sql()}, event_id, stream_id, stream_version,
     type, data, metadata, symbol, occurred_at, created_at, prev_hash, hash"""
 
 READ_STREAM: Final = f"""
@@ -48,16 +50,16 @@ SELECT coalesce(max(stream_version), 0) FROM utcp.stored_events WHERE stream_id 
 # restored log must fail loudly, not page nothing for ever) at the cost of
 # one more index entry of the same range scan. The one-row VALUES is
 # flattened by the planner: the scan's bound is the parameters themselves.
-_READ_ALL: Final = """
-SELECT e.position, e.tx_id::text || '/' || e.position::text, e.event_id, e.stream_id,
+_READ_ALL: Final = f"""
+SELECT e.position, {checkpoint_sql("e.tx_id", "e.position")}, e.event_id, e.stream_id,
        e.stream_version, e.type,
        CASE WHEN e.position = a.pos THEN NULL ELSE e.data END,
        CASE WHEN e.position = a.pos THEN NULL ELSE e.metadata END,
        e.symbol, e.occurred_at, e.created_at, e.prev_hash, e.hash
   FROM (VALUES (%s::xid8, %s::bigint)) AS a (tx, pos)
   JOIN utcp.stored_events e ON (e.tx_id, e.position) >= (a.tx, a.pos)
- WHERE e.tx_id < pg_snapshot_xmin(pg_current_snapshot())
-   {types}
+ WHERE {visible_sql("e.tx_id")}
+   {{types}}
  ORDER BY e.tx_id, e.position
  LIMIT %s"""
 READ_ALL: Final = _READ_ALL.format(types="")
@@ -65,11 +67,12 @@ READ_ALL_TYPES: Final = _READ_ALL.format(types="AND (e.type = ANY(%s) OR e.posit
 
 # Why a checkpoint's event was not at the head of its page: still behind
 # this server's horizon (a standby that has not replayed it yet), or gone.
-CHECKPOINT_PROBE: Final = """
+CHECKPOINT_IN_LOG: Final = """
 SELECT EXISTS (SELECT 1 FROM utcp.stored_events
-                WHERE (tx_id, position) = (%(tx)s::xid8, %(pos)s::bigint)),
-       pg_is_in_recovery()
-         AND %(tx)s::xid8 >= pg_snapshot_xmin(pg_current_snapshot())"""
+                WHERE (tx_id, position) = (%(tx)s::xid8, %(pos)s::bigint))"""
+CHECKPOINT_PROBE: Final = f"""
+SELECT ({CHECKPOINT_IN_LOG}),
+       pg_is_in_recovery() AND NOT {visible_sql("%(tx)s::xid8")}"""
 
 # A wake-up hint for live readers, sent after appends commit (eventstore.notify).
 NOTIFY: Final = "SELECT pg_notify(%s, '')"
@@ -93,11 +96,15 @@ def find_events(
     stream_id: bool,
     since: bool,
     until: bool,
+    after: bool = False,
 ) -> sql.Composed:
     """The query behind the adapter's lists: filters on the indexed columns
     (type, symbol, category, stream) and business time, in time order.
     Only the filters in use are in the SQL, so the planner sees plain
-    equalities and ranges and picks the matching index."""
+    equalities and ranges and picks the matching index. ``after``: the
+    page starts strictly after (``after_at``, ``after_position``) in
+    (occurred_at, position) order (eventstore.paging); the plain range on
+    occurred_at beside the row comparison lets the planner bound the scan."""
     wheres: list[sql.Composable] = []
     for used, clause in (
         (type, "type = %(type)s"),
@@ -106,6 +113,8 @@ def find_events(
         (stream_id, "stream_id = %(stream_id)s"),
         (since, "occurred_at >= %(since)s"),
         (until, "occurred_at < %(until)s"),
+        (after, "occurred_at >= %(after_at)s"),
+        (after, "(occurred_at, position) > (%(after_at)s, %(after_position)s)"),
     ):
         if used:
             wheres.append(sql.SQL(clause))
@@ -133,13 +142,12 @@ SELECT max(tx_id)::text, pg_snapshot_xmax(pg_current_snapshot())::text,
        max(tx_id) >= pg_snapshot_xmax(pg_current_snapshot())
   FROM utcp.stored_events"""
 
-STATUS: Final = """
+STATUS: Final = f"""
 SELECT (SELECT count(*) FROM utcp.stored_events),
        (SELECT max(position) FROM utcp.stored_events),
        (SELECT count(DISTINCT stream_id) FROM utcp.stored_events),
        (SELECT max(created_at) FROM utcp.stored_events),
-       (SELECT count(*) FROM utcp.stored_events
-         WHERE tx_id >= pg_snapshot_xmin(pg_current_snapshot()))"""
+       (SELECT count(*) FROM utcp.stored_events WHERE NOT {visible_sql()})"""
 
 # The transaction holding back the readers' horizon, whoever owns it
 # (pg_stat_activity hides other roles' transactions from a non-superuser):
@@ -195,12 +203,12 @@ SELECT count(*), count(DISTINCT stream_id) FROM utcp.stored_events
 # anchorer's lock no longer than lock_timeout.
 ANCHOR_ISOLATION: Final = "SET TRANSACTION ISOLATION LEVEL READ COMMITTED"
 SET_LOCK_TIMEOUT: Final = "SELECT pg_catalog.set_config('lock_timeout', %s, true)"
-ANCHOR: Final = """
-SELECT anchor_id, through_tx::text || '/' || through_position::text, events, digest, created_at
+ANCHOR: Final = f"""
+SELECT anchor_id, {checkpoint_sql("through_tx", "through_position")}, events, digest, created_at
   FROM utcp.anchor_log()"""
 
 # Recompute every anchor from the events it covers; one row per mismatch.
-VERIFY_ANCHORS: Final = """
+VERIFY_ANCHORS: Final = f"""
 WITH a AS (
     SELECT anchor_id, through_tx, through_position, events, digest,
            lag(through_tx, 1, '0'::xid8) OVER w AS after_tx,
@@ -210,7 +218,7 @@ WITH a AS (
       FROM utcp.chain_anchors
     WINDOW w AS (ORDER BY anchor_id)
 )
-SELECT a.anchor_id, a.through_tx::text || '/' || a.through_position::text,
+SELECT a.anchor_id, {checkpoint_sql("a.through_tx", "a.through_position")},
        CASE WHEN d.events <> a.events - a.events_before
             THEN format('covered %%s events, %%s found now', a.events - a.events_before, d.events)
             ELSE 'digest does not match the events it covers' END

@@ -9,7 +9,8 @@ mapping (:mod:`eventstore.connection`), the write path
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import datetime as dt
+from collections.abc import Iterator, Mapping, Sequence
 from types import TracebackType
 from typing import Any, LiteralString
 
@@ -20,6 +21,7 @@ from .chain import DEFAULT_ANCHOR_LOCK_TIMEOUT, Anchor, ChainReport
 from .connection import Database
 from .events import ANY, AppendResult, EventRegistry, ExpectedVersion, NewEvent, StoredEvent
 from .health import StoreStatus
+from .paging import Page
 from .reading import Reader
 from .settings import Settings
 from .writing import Writer
@@ -142,6 +144,30 @@ class EventStore:
         """
         return self._reader.read_all(after=after, limit=limit, types=types)
 
+    def iter_stream(
+        self, stream_id: str, *, from_version: int = 1, page_size: int = 1000
+    ) -> Iterator[StoredEvent]:
+        """The events of one stream, in version order, ``page_size`` at a
+        time: memory stays flat however long the stream is."""
+        return self._reader.iter_stream(stream_id, from_version=from_version, page_size=page_size)
+
+    def iter_all(
+        self,
+        *,
+        after: str | None = None,
+        page_size: int = 1000,
+        types: Sequence[str] | None = None,
+    ) -> Iterator[StoredEvent]:
+        """The global log after checkpoint ``after`` (:meth:`read_all`'s
+        order and guarantees), ``page_size`` events at a time, until nothing
+        more is readable yet."""
+        return self._reader.iter_all(after=after, page_size=page_size, types=types)
+
+    def checkpoint_in_log(self, checkpoint: str) -> bool:
+        """Whether ``checkpoint`` names an event of this log (the start
+        always does); False after a restore to a point before it."""
+        return self._reader.checkpoint_in_log(checkpoint)
+
     def find_events(
         self,
         *,
@@ -149,13 +175,16 @@ class EventStore:
         symbol: str | None = None,
         category: str | None = None,
         stream_id: str | None = None,
-        since: Any = None,
-        until: Any = None,
+        since: dt.datetime | None = None,
+        until: dt.datetime | None = None,
         limit: int = 1000,
-    ) -> list[StoredEvent]:
+        after: str | None = None,
+    ) -> Page[StoredEvent]:
         """Events by type, symbol, stream category or stream, with business
-        time (``occurred_at``) in ``[since, until)``, in that time order.
-        Served by the log's indexes."""
+        time (``occurred_at``, timezone-aware bounds) in ``[since, until)``,
+        in that time order (position breaks ties): a :class:`Page` of at
+        most ``limit`` events, whose ``next`` (None at the end) is the
+        ``after`` of the next page. Served by the log's indexes."""
         return self._reader.find_events(
             type=type,
             symbol=symbol,
@@ -164,6 +193,7 @@ class EventStore:
             since=since,
             until=until,
             limit=limit,
+            after=after,
         )
 
     def query(

@@ -14,7 +14,7 @@ Every public type is exported here, with the package as its module.
 from eventstore import present_as_package
 
 from .errors import CheckpointMoved, ProjectionError
-from .models import Portfolio, Position
+from .models import Portfolio, Position, TradeRow, decimal_text, plain_decimal
 from .queries import get_portfolio, get_positions
 from .rebuild import RebuildError, RebuildProgress, RebuildReport, RowDifference
 from .rules import PositionState, Side, apply_fill, cash_effect, replay_fills, round_cost
@@ -40,11 +40,14 @@ __all__ = [
     "RowDifference",
     "Side",
     "Tables",
+    "TradeRow",
     "TradingProjection",
     "apply_fill",
     "cash_effect",
+    "decimal_text",
     "get_portfolio",
     "get_positions",
+    "plain_decimal",
     "projection_status",
     "replay_fills",
     "round_cost",

@@ -50,11 +50,11 @@ import psycopg
 from psycopg import sql as pgsql
 from psycopg.rows import dict_row
 
-from eventstore import CheckpointNotInLog, EventStore, EventStoreError, StoredEvent
+from eventstore import Checkpoint, CheckpointNotInLog, EventStore, EventStoreError, StoredEvent
 
 from . import sql
 from .errors import ProjectionError
-from .runner import ProjectionRunner, checkpoint_order
+from .runner import ProjectionRunner
 from .sql import LIVE, Tables, shadow_tables
 from .status import lease_sessions, rebuild_checkpoint_name
 from .trading import TradingProjection
@@ -182,7 +182,9 @@ def rebuild(
     paused_at: float | None = None
     try:
         _prepare(builder.connection, name, builder.name)
-        row = builder.connection.execute(sql.STATUS_LAG, ("0", 0)).fetchone()
+        start = Checkpoint.START
+        lag = (start.tx_param, start.position)
+        row = builder.connection.execute(sql.STATUS_LAG, lag).fetchone()
         total = int(row[0]) if row else 0
         done = 0
         phase = "rebuild"
@@ -217,7 +219,7 @@ def rebuild(
 
         phase = "sync"
         say(phase, 0, 0)
-        target = max(live.checkpoint(), builder.checkpoint(), key=checkpoint_order)
+        target = max(live.checkpoint(), builder.checkpoint(), key=Checkpoint.parse)
         builder.catch_up(until=target, progress=advance)
         live_error: str | None = None
         try:

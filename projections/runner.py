@@ -44,8 +44,9 @@ from typing import Any, Final
 import msgspec
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
+from psycopg.rows import dict_row
 
-from eventstore import EventStore, StoredEvent, watchdog
+from eventstore import Checkpoint, EventStore, StoredEvent, watchdog
 from trading import ProjectionEventSkipped
 
 from . import sql
@@ -56,8 +57,6 @@ from .trading import TradingProjection
 __all__ = [
     "LeaseHolder",
     "ProjectionRunner",
-    "checkpoint_order",
-    "parse_checkpoint",
     "skip_stream",
 ]
 
@@ -70,11 +69,6 @@ DEFAULT_BATCH: Final = 500
 WAKE_SLICE: Final = 0.5
 
 Progress = Callable[[int, StoredEvent], None]
-
-
-def parse_checkpoint(checkpoint: str) -> tuple[str, int]:
-    tx, _, pos = checkpoint.partition("/")
-    return tx, int(pos)
 
 
 def skip_stream(projection: str) -> str:
@@ -110,14 +104,8 @@ class LeaseHolder(msgspec.Struct, frozen=True):
 
 def lease_holders(conn: psycopg.Connection[Any], name: str) -> list[LeaseHolder]:
     """The live holder and requester of projection ``name``'s lease."""
-    rows = conn.execute(sql.LEASE_HOLDERS, (name,)).fetchall()
-    return [LeaseHolder(*row) for row in rows]
-
-
-def checkpoint_order(checkpoint: str) -> tuple[int, int]:
-    """A sort key: checkpoints in log order."""
-    tx, pos = parse_checkpoint(checkpoint)
-    return int(tx), pos
+    rows = conn.cursor(row_factory=dict_row).execute(sql.LEASE_HOLDERS, (name,)).fetchall()
+    return [LeaseHolder(**row) for row in rows]
 
 
 class ProjectionRunner:
@@ -300,7 +288,7 @@ class ProjectionRunner:
         row = self.connection.execute(sql.HEAD).fetchone()
         if row is None:
             return self.checkpoint()
-        return max(str(row[0]), self.checkpoint(), key=checkpoint_order)
+        return max(str(row[0]), self.checkpoint(), key=Checkpoint.parse)
 
     def catch_up(
         self,
@@ -325,8 +313,8 @@ class ProjectionRunner:
                     break
             events = self.store.read_all(after=checkpoint, limit=self.batch_size)
             if until is not None:
-                limit = checkpoint_order(until)
-                events = [e for e in events if checkpoint_order(e.checkpoint) <= limit]
+                limit = Checkpoint.parse(until, field="until", operation="project")
+                events = [e for e in events if Checkpoint.parse(e.checkpoint) <= limit]
             if not events:
                 break
             with self._bounded(conn):
@@ -345,7 +333,7 @@ class ProjectionRunner:
         rolls back to a savepoint, the events before it are applied, and
         the rest goes on after it); otherwise the events before it are
         committed, the error recorded, and the ProjectionError raised."""
-        from_tx, from_pos = parse_checkpoint(checkpoint)
+        start = Checkpoint.parse(checkpoint)
         error: ProjectionError | None = None
         decisions: dict[str, tuple[str, str]] | None = None
         done = 0  # events[:done] are applied (or passed over) in this transaction
@@ -392,17 +380,17 @@ class ProjectionRunner:
                     end = min(limit, done + step)
             if done > 0:
                 last = events[done - 1]
-                to_tx, to_pos = parse_checkpoint(last.checkpoint)
+                to = Checkpoint.parse(last.checkpoint)
                 moved = conn.execute(
                     sql.ADVANCE_CHECKPOINT,
                     {
                         "name": self.name,
-                        "tx": to_tx,
-                        "pos": to_pos,
+                        "tx": to.tx_param,
+                        "pos": to.position,
                         "count": done,
                         "last_event_at": last.created_at,
-                        "from_tx": from_tx,
-                        "from_pos": from_pos,
+                        "from_tx": start.tx_param,
+                        "from_pos": start.position,
                         "nonce": self._nonce,
                     },
                 ).rowcount

@@ -11,7 +11,9 @@ from typing import Final, LiteralString
 import msgspec
 from psycopg import sql
 
-from .models import Portfolio, Position
+from eventstore import checkpoint_sql, visible_sql
+
+from .models import Portfolio, Position, TradeRow
 
 __all__ = ["LIVE", "Tables", "shadow_tables"]
 
@@ -43,20 +45,7 @@ def shadow_tables(suffix: str = "rebuild") -> Tables:
     )
 
 
-TRADE_COLUMNS: Final = (
-    "trade_id",
-    "portfolio_id",
-    "symbol",
-    "side",
-    "quantity",
-    "price",
-    "fees",
-    "executed_at",
-    "order_id",
-    "status",
-    "event_position",
-    "updated_at",
-)
+TRADE_COLUMNS: Final = TradeRow.__struct_fields__
 POSITION_COLUMNS: Final = Position.__struct_fields__
 PORTFOLIO_COLUMNS: Final = Portfolio.__struct_fields__
 KEYS: Final = {
@@ -112,15 +101,17 @@ ON CONFLICT (projection) DO NOTHING"""
 
 # The newest event every reader can see now (read_all's horizon): a fixed
 # goal, so a catch-up ends even while writers keep appending.
-HEAD: Final = """
-SELECT tx_id::text || '/' || position::text
+HEAD: Final = f"""
+SELECT {checkpoint_sql()}
   FROM utcp.stored_events
- WHERE tx_id < pg_snapshot_xmin(pg_current_snapshot())
+ WHERE {visible_sql()}
  ORDER BY tx_id DESC, position DESC
  LIMIT 1"""
 
-READ_CHECKPOINT: Final = """
-SELECT checkpoint_tx::text || '/' || checkpoint_position::text, events_processed
+CHECKPOINT_TEXT: Final = checkpoint_sql("checkpoint_tx", "checkpoint_position")
+
+READ_CHECKPOINT: Final = f"""
+SELECT {CHECKPOINT_TEXT}, events_processed
   FROM utcp.projection_checkpoints WHERE projection = %s"""
 
 # Fenced: only moves from the checkpoint this worker read, and only while
@@ -265,32 +256,27 @@ UPDATE utcp.projection_leases
         OR (requested_pid = pg_backend_pid() AND requested_nonce = %(nonce)s))"""
 
 # The live holder and requester of a lease ("holder"/"requester", pid,
-# role, application, state, since), for status and messages.
+# role, application, state, since), for status and messages; the columns
+# are runner.LeaseHolder's fields (rows mapped by name).
 LEASE_HOLDERS: Final = """
 SELECT role, pid, usename, application_name, state, since
   FROM utcp.projection_lease_holders(%s::text)"""
 
-STATUS_CHECKPOINT: Final = """
-SELECT checkpoint_tx::text || '/' || checkpoint_position::text, events_processed,
+STATUS_CHECKPOINT: Final = f"""
+SELECT {CHECKPOINT_TEXT}, events_processed,
        last_event_at, updated_at, last_error, last_error_at, last_error_event
   FROM utcp.projection_checkpoints WHERE projection = %s"""
 
-# Events a reader after this checkpoint can read now (the same horizon as
-# EventStore.read_all), and how old the oldest of them is.
-# Whether a checkpoint names an event of this log (a restore to a point
-# before it leaves a projection with a checkpoint no event has).
-CHECKPOINT_IN_LOG: Final = """
-SELECT EXISTS (SELECT 1 FROM utcp.stored_events WHERE tx_id = %s::xid8 AND position = %s)"""
-
-# Lag: events a reader can see after the checkpoint, the age of the oldest,
-# and committed events not yet readable (behind an older open transaction).
-STATUS_LAG: Final = """
-SELECT count(*) FILTER (WHERE e.tx_id < h.xmin),
+# Lag: events a reader after this checkpoint can read now (the same
+# horizon as EventStore.read_all), the age of the oldest, and committed
+# events not yet readable (behind an older open transaction).
+STATUS_LAG: Final = f"""
+SELECT count(*) FILTER (WHERE {visible_sql("e.tx_id")}),
        coalesce(greatest(0, extract(epoch FROM clock_timestamp()
-                                    - min(e.created_at) FILTER (WHERE e.tx_id < h.xmin))),
+                                    - min(e.created_at) FILTER (WHERE {visible_sql("e.tx_id")}))),
                 0)::float8,
-       count(*) FILTER (WHERE e.tx_id >= h.xmin)
-  FROM utcp.stored_events e, (SELECT pg_snapshot_xmin(pg_current_snapshot()) AS xmin) h
+       count(*) FILTER (WHERE NOT {visible_sql("e.tx_id")})
+  FROM utcp.stored_events e
  WHERE (e.tx_id, e.position) > (%s::xid8, %s)"""
 
 # -- rebuilds ------------------------------------------------------------------

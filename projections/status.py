@@ -4,18 +4,15 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
-from typing import Final
 
 import msgspec
 
-from eventstore import EventStore
+from eventstore import Checkpoint, EventStore
 
 from . import sql
-from .runner import LeaseHolder, parse_checkpoint
+from .runner import LeaseHolder
 
 __all__ = ["ProjectionStatus", "lease_sessions", "projection_status", "rebuild_checkpoint_name"]
-
-START: Final = "0/0"
 
 
 def rebuild_checkpoint_name(name: str) -> str:
@@ -65,14 +62,12 @@ def projection_status(store: EventStore, name: str = "trading") -> ProjectionSta
     if rows:
         checkpoint, processed, last_event_at, updated_at, error, error_at, error_event = rows[0]
     else:
-        checkpoint, processed, last_event_at, updated_at = START, 0, None, None
+        checkpoint, processed, last_event_at, updated_at = str(Checkpoint.START), 0, None, None
         error, error_at, error_event = None, None, None
-    tx, pos = parse_checkpoint(str(checkpoint))
-    lag_rows = store.query("project_status", sql.STATUS_LAG, (tx, pos))
+    at = Checkpoint.parse(str(checkpoint), field="checkpoint", operation="project_status")
+    lag_rows = store.query("project_status", sql.STATUS_LAG, (at.tx_param, at.position))
     lag_events, lag_seconds, waiting = lag_rows[0] if lag_rows else (0, 0.0, 0)
-    in_log = str(checkpoint) == START or bool(
-        store.query("project_status", sql.CHECKPOINT_IN_LOG, (tx, pos))[0][0]
-    )
+    in_log = store.checkpoint_in_log(str(at))
     holders = lease_sessions(store, name)
     rebuilds = lease_sessions(store, rebuild_checkpoint_name(name))
     worker = holders.get("holder")
@@ -99,5 +94,5 @@ def projection_status(store: EventStore, name: str = "trading") -> ProjectionSta
 def lease_sessions(store: EventStore, name: str) -> dict[str, LeaseHolder]:
     """The live "holder" and "requester" of lease ``name`` (through
     utcp.projection_lease_holders: the lease table itself is the projector's)."""
-    rows = store.query("project_status", sql.LEASE_HOLDERS, (name,))
-    return {str(row[0]): LeaseHolder(*row) for row in rows}
+    rows = store.query("project_status", sql.LEASE_HOLDERS, (name,), by_name=True)
+    return {str(row["role"]): LeaseHolder(**row) for row in rows}

@@ -33,6 +33,7 @@ from trading import (
 
 from . import sql
 from .errors import ProjectionError
+from .models import Portfolio, Position, TradeRow
 from .rules import CONTEXT, ZERO, PositionState, apply_fill, cash_effect, replay_fills
 from .sql import Tables
 
@@ -46,7 +47,15 @@ EVENT_TYPES: Final[dict[str, type[msgspec.Struct]]] = {
     for cls in (PortfolioOpened, CashDeposited, CashWithdrawn, Trade, TradeCancelled)
 }
 
+#: A row being worked on, by column name; built from the table's Struct
+#: (projections.models), so its keys are the table's columns.
 Row = dict[str, Any]
+
+
+def _row(model: msgspec.Struct) -> Row:
+    return msgspec.structs.asdict(model)
+
+
 PositionKey = tuple[str, str]
 
 
@@ -187,16 +196,18 @@ class _Batch:
     def _open(self, opened: PortfolioOpened, at: dt.datetime) -> None:
         if self.portfolios.get(opened.portfolio_id) is not None:
             raise _Refused(f"portfolio {opened.portfolio_id!r} is already open")
-        row: Row = {
-            "portfolio_id": opened.portfolio_id,
-            "name": opened.name,
-            "base_currency": opened.base_currency,
-            "cash": ZERO,
-            "realized_pnl": ZERO,
-            "fees": ZERO,
-            "opened_at": opened.opened_at,
-            "updated_at": at,
-        }
+        row = _row(
+            Portfolio(
+                portfolio_id=opened.portfolio_id,
+                name=opened.name,
+                base_currency=opened.base_currency,
+                cash=ZERO,
+                realized_pnl=ZERO,
+                fees=ZERO,
+                opened_at=opened.opened_at,
+                updated_at=at,
+            )
+        )
         self.portfolios[opened.portfolio_id] = row
         self.dirty_portfolios.add(opened.portfolio_id)
 
@@ -204,20 +215,22 @@ class _Batch:
         portfolio = self._portfolio(trade.portfolio_id)
         if self.trades.get(trade.trade_id) is not None:
             raise _Refused(f"trade {trade.trade_id!r} was already executed")
-        self.trades[trade.trade_id] = {
-            "trade_id": trade.trade_id,
-            "portfolio_id": trade.portfolio_id,
-            "symbol": trade.symbol,
-            "side": trade.side,
-            "quantity": trade.quantity,
-            "price": trade.price,
-            "fees": trade.fees,
-            "executed_at": trade.executed_at,
-            "order_id": trade.order_id,
-            "status": "executed",
-            "event_position": event.position,
-            "updated_at": at,
-        }
+        self.trades[trade.trade_id] = _row(
+            TradeRow(
+                trade_id=trade.trade_id,
+                portfolio_id=trade.portfolio_id,
+                symbol=trade.symbol,
+                side=trade.side,
+                quantity=trade.quantity,
+                price=trade.price,
+                fees=trade.fees,
+                executed_at=trade.executed_at,
+                order_id=trade.order_id,
+                status="executed",
+                event_position=event.position,
+                updated_at=at,
+            )
+        )
         self.dirty_trades.add(trade.trade_id)
         key = (trade.portfolio_id, trade.symbol)
         before = self._position_state(key)
@@ -268,16 +281,18 @@ class _Batch:
         self.positions[key] = (
             None
             if state.trade_count == 0
-            else {
-                "portfolio_id": key[0],
-                "symbol": key[1],
-                "quantity": state.quantity,
-                "avg_cost": state.avg_cost,
-                "realized_pnl": state.realized_pnl,
-                "fees": state.fees,
-                "trade_count": state.trade_count,
-                "updated_at": at,
-            }
+            else _row(
+                Position(
+                    portfolio_id=key[0],
+                    symbol=key[1],
+                    quantity=state.quantity,
+                    avg_cost=state.avg_cost,
+                    realized_pnl=state.realized_pnl,
+                    fees=state.fees,
+                    trade_count=state.trade_count,
+                    updated_at=at,
+                )
+            )
         )
         self.dirty_positions.add(key)
 

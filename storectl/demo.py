@@ -871,7 +871,7 @@ def _take_anchor(store: EventStore) -> Anchor | str | None:
 
 
 def _open(dsn: str) -> EventStore:
-    settings = Settings.from_env(pool_min_size=1, pool_max_size=2)
+    settings = Settings.from_env(defaults={"pool_min_size": 1, "pool_max_size": 2})
     try:
         return EventStore.open(dsn, settings, registry=trading_registry())
     except StorageUnavailable as exc:

@@ -4,13 +4,14 @@ queries over them, on top of the event store's public API."""
 from __future__ import annotations
 
 import datetime as dt
-from typing import Final, TypeVar
+from typing import Final, Literal, TypeVar, get_args
 
 import msgspec
 
-from eventstore.codec import check_value, error_path
+from eventstore.codec import check_query_time, check_value, error_path
 from eventstore.errors import StorageError, ValidationError
 from eventstore.events import NO_STREAM, STREAM_EXISTS, AppendResult, NewEvent, StoredEvent
+from eventstore.paging import Page, page_cursor
 from eventstore.store import EventStore
 
 from . import sql
@@ -25,13 +26,18 @@ from .events import (
     register,
 )
 
-__all__ = ["StorageAdapter", "audit_stream", "portfolio_stream"]
+__all__ = ["StorageAdapter", "TradeStatus", "audit_stream", "portfolio_stream"]
 
 PORTFOLIO_CATEGORY: Final = "portfolio"
 AUDIT_CATEGORY: Final = "audit"
 DEFAULT_LIMIT: Final = 1000
 
 S = TypeVar("S", bound=msgspec.Struct)
+
+#: Which trades :meth:`StorageAdapter.list_trades` lists: those that stand
+#: (executed, not cancelled: the ones positions are made of), the cancelled
+#: ones, or both.
+TradeStatus = Literal["executed", "cancelled", "any"]
 
 
 def portfolio_stream(portfolio_id: str) -> str:
@@ -40,15 +46,6 @@ def portfolio_stream(portfolio_id: str) -> str:
 
 def audit_stream(symbol: str) -> str:
     return f"{AUDIT_CATEGORY}-{symbol}"
-
-
-def _check_time(value: dt.datetime | None, field: str, operation: str) -> None:
-    if value is None:
-        return
-    if not isinstance(value, dt.datetime) or value.tzinfo is None:
-        raise ValidationError(
-            f"{field} must be a timezone-aware datetime", field=field, operation=operation
-        )
 
 
 def _validated(obj: S, cls: type[S], operation: str) -> S:
@@ -188,20 +185,75 @@ class StorageAdapter:
         since: dt.datetime | None = None,
         until: dt.datetime | None = None,
         limit: int = DEFAULT_LIMIT,
-    ) -> list[Trade]:
+        *,
+        status: TradeStatus = "executed",
+        after: str | None = None,
+    ) -> Page[Trade]:
         """Trades by symbol and/or portfolio, ``since <= executed_at < until``,
-        in execution order."""
-        _check_time(since, "since", "list_trades")
-        _check_time(until, "until", "list_trades")
-        events = self.store.find_events(
-            type=TRADE_EXECUTED,
-            symbol=symbol,
-            stream_id=None if portfolio_id is None else portfolio_stream(portfolio_id),
-            since=since,
-            until=until,
-            limit=limit,
+        in execution order: a page of at most ``limit``, whose ``next`` (None
+        at the end) is the ``after`` of the next page.
+
+        ``status``: "executed" (the default) lists the trades that stand,
+        leaving out those a ``TradeCancelled`` undid, as the positions do;
+        "cancelled" only those; "any" both (the log's record of every fill).
+        """
+        op = "list_trades"
+        check_query_time(since, "since", op)
+        check_query_time(until, "until", op)
+        if status not in get_args(TradeStatus):
+            raise ValidationError(
+                f"status must be one of {', '.join(get_args(TradeStatus))}, got {status!r}",
+                field="status",
+                operation=op,
+            )
+
+        def page_after(cursor: str | None) -> Page[StoredEvent]:
+            return self.store.find_events(
+                type=TRADE_EXECUTED,
+                symbol=symbol,
+                stream_id=None if portfolio_id is None else portfolio_stream(portfolio_id),
+                since=since,
+                until=until,
+                limit=limit,
+                after=cursor,
+            )
+
+        if status == "any":
+            page = page_after(after)
+            return Page(_decoded(page.items, Trade, op), page.next)
+        # Filtered: read on until the page is full (or the log ends), so a
+        # page is short only at the end, and ``next`` is exact.
+        wanted = status == "cancelled"
+        kept: list[tuple[StoredEvent, Trade]] = []
+        cursor = after
+        while True:
+            page = page_after(cursor)
+            trades = _decoded(page.items, Trade, op)
+            cancelled = self._cancelled(page.items, trades)
+            for event, trade in zip(page.items, trades, strict=True):
+                if ((event.stream_id, trade.trade_id) in cancelled) == wanted:
+                    kept.append((event, trade))
+                    if len(kept) > limit:
+                        last = kept[limit - 1][0]
+                        return Page([t for _, t in kept[:limit]], page_cursor(last))
+            if page.next is None:
+                return Page([t for _, t in kept])
+            cursor = page.next
+
+    def _cancelled(self, events: list[StoredEvent], trades: list[Trade]) -> set[tuple[str, str]]:
+        """(stream, trade id) of those of ``trades`` a cancellation undid."""
+        if not trades:
+            return set()
+        rows = self.store.query(
+            "list_trades",
+            sql.CANCELLED_TRADES,
+            (
+                sorted({e.stream_id for e in events}),
+                TradeCancelled.EVENT_TYPE,
+                sorted({t.trade_id for t in trades}),
+            ),
         )
-        return _decoded(events, Trade, "list_trades")
+        return {(str(row[0]), str(row[1])) for row in rows}
 
     def list_audit_events(
         self,
@@ -210,17 +262,22 @@ class StorageAdapter:
         since: dt.datetime | None = None,
         until: dt.datetime | None = None,
         limit: int = DEFAULT_LIMIT,
-    ) -> list[AuditEvent]:
+        *,
+        after: str | None = None,
+    ) -> Page[AuditEvent]:
         """Audit events by symbol and/or type, ``since <= occurred_at < until``,
-        in the order they occurred."""
-        _check_time(since, "since", "list_audit_events")
-        _check_time(until, "until", "list_audit_events")
-        events = self.store.find_events(
+        in the order they occurred: a page of at most ``limit``, whose
+        ``next`` (None at the end) is the ``after`` of the next page."""
+        op = "list_audit_events"
+        check_query_time(since, "since", op)
+        check_query_time(until, "until", op)
+        page = self.store.find_events(
             category=AUDIT_CATEGORY,
             type=type,
             symbol=symbol,
             since=since,
             until=until,
             limit=limit,
+            after=after,
         )
-        return _decoded(events, AuditEvent, "list_audit_events")
+        return Page(_decoded(page.items, AuditEvent, op), page.next)

@@ -10,7 +10,6 @@ breaking change gets a new type name and an upcaster.
 from __future__ import annotations
 
 import datetime as dt
-import re
 import uuid
 from decimal import Decimal
 from typing import Annotated, Any, ClassVar, Literal
@@ -18,8 +17,16 @@ from typing import Annotated, Any, ClassVar, Literal
 import msgspec
 
 from eventstore import EventRegistry
+from eventstore.codec import check_identifier
 from eventstore.errors import ValidationError
-from eventstore.limits import amount_problem, time_problem
+from eventstore.limits import (
+    CONTROL_PATTERN,
+    MAX_ID_LENGTH,
+    MAX_TYPE_LENGTH,
+    TYPE_PATTERN,
+    amount_problem,
+    time_problem,
+)
 
 from . import setups
 
@@ -36,17 +43,24 @@ __all__ = [
     "trading_registry",
 ]
 
-#: Non-empty, no control characters (NUL included), at most 200 characters.
-Id = Annotated[str, msgspec.Meta(min_length=1, max_length=200, pattern=r"^[^\x00-\x1f\x7f]+$")]
+#: An identifier, by the log's one rule (eventstore.codec.check_identifier:
+#: not blank, at most limits.MAX_ID_LENGTH characters, no control,
+#: invisible or bidirectional formatting characters, Unicode NFC). The
+#: Meta keeps what a pattern can say (for decoding and JSON Schema);
+#: each Struct's __post_init__ checks the whole rule, decoded or built.
+Id = Annotated[
+    str,
+    msgspec.Meta(
+        min_length=1, max_length=MAX_ID_LENGTH, pattern=f"^[^\\x00{CONTROL_PATTERN[1:-1]}]+$"
+    ),
+]
 #: A ticker: letters, digits and . / : - (BRK.B, BTC-USD, ES:CME).
 Symbol = Annotated[
     str, msgspec.Meta(min_length=1, max_length=32, pattern=r"^[A-Za-z0-9][A-Za-z0-9./:\-]*$")
 ]
-#: An event type name, as the store accepts it.
-TypeName = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z][A-Za-z0-9_.:\-]{0,127}$")]
+#: An event type name, as the store accepts it (limits.TYPE_PATTERN).
+TypeName = Annotated[str, msgspec.Meta(pattern=f"^{TYPE_PATTERN}$", max_length=MAX_TYPE_LENGTH)]
 Timestamp = Annotated[dt.datetime, msgspec.Meta(tz=True)]
-
-_ID_PATTERN = re.compile(r"[^\x00-\x1f\x7f]{1,200}")
 
 
 def _invalid(name: str, message: str) -> ValidationError:
@@ -76,9 +90,8 @@ def _time(name: str, value: dt.datetime) -> None:
 
 def _check_id(name: str, value: str) -> None:
     # Meta constraints are checked on decode, not on construction: a Struct
-    # built in code is checked here too.
-    if not isinstance(value, str) or not _ID_PATTERN.fullmatch(value) or not value.strip():
-        raise _invalid(name, "must be non-empty text without control characters")
+    # built in code is checked here too, by the log's identifier rule.
+    check_identifier(value, name, what=f"`{name}`", operation="validate")
 
 
 class Trade(msgspec.Struct, frozen=True, kw_only=True):

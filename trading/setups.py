@@ -32,6 +32,7 @@ from typing import Any, Final
 
 import msgspec
 
+from eventstore import checkpoint_sql
 from eventstore import sql as store_sql
 from eventstore.errors import (
     DuplicateEventId,
@@ -280,8 +281,8 @@ SELECT {columns} FROM utcp.stored_events e
  ORDER BY e.occurred_at DESC, e.stream_id
  LIMIT %(limit)s"""
 # eventstore.sql.EVENT_COLUMNS (StoredEvent's field order), qualified by e.
-_COLUMNS: Final = """
-    e.position, e.tx_id::text || '/' || e.position::text, e.event_id, e.stream_id,
+_COLUMNS: Final = f"""
+    e.position, {checkpoint_sql("e.tx_id", "e.position")}, e.event_id, e.stream_id,
     e.stream_version, e.type, e.data, e.metadata, e.symbol, e.occurred_at, e.created_at,
     e.prev_hash, e.hash"""
 LIST_ALL: Final = _LIST.format(columns=_COLUMNS, filters="")

@@ -288,6 +288,14 @@ class AuditQueryInput(msgspec.Struct, kw_only=True):
     since: Annotated[dt.datetime, msgspec.Meta(tz=True)] | None = None
     until: Annotated[dt.datetime, msgspec.Meta(tz=True)] | None = None
     limit: ReadLimit = 100
+    #: The previous page's ``next``: the events after it.
+    after: str | None = None
+
+
+class AuditPage(msgspec.Struct):
+    events: list[EventOut]
+    #: Pass as ``after`` for the next page; null when there is no more.
+    next: str | None = None
 
 
 class VerifyInput(msgspec.Struct, kw_only=True):
@@ -407,8 +415,8 @@ def as_of(ctx: ToolContext, body: AsOfInput) -> PortfolioAsOf:
     return positions_as_of(ctx.store, body.portfolio_id, body.as_of)
 
 
-def audit_query(ctx: ToolContext, body: AuditQueryInput) -> EventsOutput:
-    events = ctx.store.find_events(
+def audit_query(ctx: ToolContext, body: AuditQueryInput) -> AuditPage:
+    page = ctx.store.find_events(
         type=body.type,
         symbol=body.symbol,
         category=body.category,
@@ -416,8 +424,9 @@ def audit_query(ctx: ToolContext, body: AuditQueryInput) -> EventsOutput:
         since=body.since,
         until=body.until,
         limit=body.limit,
+        after=body.after,
     )
-    return EventsOutput([_event_out(e) for e in events])
+    return AuditPage([_event_out(e) for e in page.items], page.next)
 
 
 def verify(ctx: ToolContext, body: VerifyInput) -> VerifyOutput:
@@ -598,11 +607,12 @@ TOOLS: Final[dict[str, Tool]] = {
         Tool(
             "audit.query",
             "Query audit-log events by type, symbol, stream category or stream, within a "
-            "business-time range [since, until), in time order.",
+            "business-time range [since, until), in time order, a page at a time: pass the "
+            "answer's `next` as `after` for the next page.",
             ("audit", "read", "log"),
             "reader",
             AuditQueryInput,
-            EventsOutput,
+            AuditPage,
             audit_query,
         ),
         Tool(

@@ -422,9 +422,9 @@ def test_symbol_and_time_are_derived_from_the_payload(
     [stored] = root_store.read_stream(stream)
     executed = dt.datetime(2026, 3, 2, 14, 30, tzinfo=dt.UTC)
     assert (stored.symbol, stored.occurred_at) == ("AAPL", executed)
-    found = root_store.find_events(symbol="AAPL", type="TradeExecuted", limit=10_000)
+    found = root_store.find_events(symbol="AAPL", type="TradeExecuted", limit=10_000).items
     assert stored.event_id in {e.event_id for e in found}
-    trades = StorageAdapter(root_store).list_trades(symbol="AAPL", limit=10_000)
+    trades = StorageAdapter(root_store).list_trades(symbol="AAPL", limit=10_000).items
     assert data["trade_id"] in {t.trade_id for t in trades}
 
 

@@ -167,5 +167,5 @@ def test_a_store_connected_before_the_hazard_refuses_every_stream(
 def test_the_hazard_is_not_a_reason_to_refuse_reads(hazard_db: HazardDb, early: EventStore) -> None:
     assert early.read_stream(hazard_db.restored_stream)
     assert early.stream_version(hazard_db.restored_stream) == 1
-    found: Any = early.find_events(type="Restored")
+    found: Any = early.find_events(type="Restored").items
     assert [e.event_id for e in found] == [hazard_db.restored_event]

@@ -4,12 +4,23 @@ refused with a ValidationError that names the setting."""
 from __future__ import annotations
 
 import math
+import re
+import warnings
+from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 
 from eventstore import Settings, ValidationError
-from eventstore.settings import SECRET_PARAMS, dsn_secrets, redact, redact_dsn
+from eventstore.settings import (
+    OTHER_VARIABLES,
+    SECRET_PARAMS,
+    SettingsWarning,
+    dsn_secrets,
+    redact,
+    redact_dsn,
+)
 
 
 def test_defaults() -> None:
@@ -179,3 +190,114 @@ def test_redact_removes_every_form_of_a_secret_from_a_message() -> None:
         assert secret not in cleaned
     assert redact("nothing to hide", None) == "nothing to hide"
     assert {"password", "sslpassword"} <= SECRET_PARAMS
+
+
+# -- every variable, documented, honoured, checked --------------------------------
+
+DOCS = Path(__file__).resolve().parents[2] / "docs" / "settings.md"
+
+
+def non_default(name: str) -> tuple[str, Any]:
+    """A valid value other than the default, as text and as the setting."""
+    default = getattr(Settings(), name)
+    if isinstance(default, str):
+        return "other", "other"
+    if name == "pool_max_size":
+        return "11", 11
+    if name in ("max_event_bytes", "max_batch_events"):
+        return "7", 7
+    if isinstance(default, int):
+        return str(default + 1), default + 1
+    return str(default + 1.5), default + 1.5
+
+
+def test_from_env_honours_every_setting() -> None:
+    for name in Settings.__struct_fields__:
+        text, value = non_default(name)
+        settings = Settings.from_env({f"EVENTSTORE_{name.upper()}": text})
+        assert getattr(settings, name) == value, name
+        assert settings == msgspec.structs.replace(Settings(), **{name: value})
+
+
+def test_every_setting_is_documented() -> None:
+    docs = DOCS.read_text()
+    for name in Settings.__struct_fields__:
+        assert re.search(rf"^\| `{name}` \| [^|]+ \| `EVENTSTORE_{name.upper()}` \|", docs, re.M), (
+            f"{name} is not in docs/settings.md's table"
+        )
+    for variable in OTHER_VARIABLES:
+        assert f"`{variable}`" in docs, f"{variable} is not in docs/settings.md"
+
+
+def test_program_defaults_yield_to_the_environment() -> None:
+    """What the CLI does: its own small pool, unless the environment says
+    otherwise; keyword overrides still win over both."""
+    small = {"pool_min_size": 1, "pool_max_size": 2}
+    assert Settings.from_env({}, defaults=small).pool_max_size == 2
+    s = Settings.from_env({"EVENTSTORE_POOL_MAX_SIZE": "8"}, defaults=small)
+    assert (s.pool_min_size, s.pool_max_size) == (1, 8)
+    # A larger minimum from the environment lifts the program's maximum.
+    s = Settings.from_env({"EVENTSTORE_POOL_MIN_SIZE": "4"}, defaults=small)
+    assert (s.pool_min_size, s.pool_max_size) == (4, 4)
+    # ... but not one that was asked for.
+    with pytest.raises(ValidationError) as info:
+        Settings.from_env(
+            {"EVENTSTORE_POOL_MIN_SIZE": "4", "EVENTSTORE_POOL_MAX_SIZE": "3"}, defaults=small
+        )
+    assert info.value.field == "pool_max_size"
+    assert "EVENTSTORE_POOL_MAX_SIZE" in str(info.value)
+    assert Settings.from_env({"EVENTSTORE_POOL_MAX_SIZE": "8"}, pool_max_size=3).pool_max_size == 3
+    with pytest.raises(ValidationError) as info:
+        Settings.from_env({}, defaults={"pool_size": 3})
+    assert info.value.field == "pool_size"
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("EVENTSTORE_POOL_MAX_SIZE", "abc"),
+        ("EVENTSTORE_KEEPALIVES_COUNT", "2.5"),
+        ("EVENTSTORE_TCP_USER_TIMEOUT", "-1"),
+        ("EVENTSTORE_NETWORK_TIMEOUT", "soon"),
+    ],
+)
+def test_a_bad_variable_is_named(variable: str, value: str) -> None:
+    with pytest.raises(ValidationError) as info:
+        Settings.from_env({variable: value})
+    assert variable in str(info.value)
+    assert info.value.field == variable.removeprefix("EVENTSTORE_").lower()
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("pool_min_size", "2"),
+        ("acquire_timeout", "10"),
+        ("application_name", 5),
+        ("keepalives_idle", 1.5),
+        ("retry_attempts", True),
+    ],
+)
+def test_wrong_types_are_validation_errors(name: str, value: Any) -> None:
+    """Not a TypeError from comparing a str with an int."""
+    with pytest.raises(ValidationError) as info:
+        Settings(**{name: value})
+    assert info.value.field == name
+    with pytest.raises(ValidationError) as info:
+        Settings.from_env({}, **{name: [value]})
+    assert info.value.field == name
+
+
+def test_a_misspelled_variable_is_warned_about_once() -> None:
+    env = {"EVENTSTORE_POOL_MAX_SZE": "5", "EVENTSTORE_DSN": "postgresql://x"}
+    with pytest.warns(SettingsWarning, match="did you mean EVENTSTORE_POOL_MAX_SIZE") as caught:
+        assert Settings.from_env(env) == Settings()
+    assert len(caught) == 1
+    assert "EVENTSTORE_POOL_MAX_SZE" in str(caught[0].message)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        Settings.from_env(env)  # once per process
+        Settings.from_env({"EVENTSTORE_DSN": "x", "EVENTSTORE_TEST_DSN": "y"})  # known ones
+    with pytest.warns(SettingsWarning) as caught:
+        Settings.from_env({"EVENTSTORE_ZZZ_QQQ_WWW": "1"})
+    assert "did you mean" not in str(caught[0].message)

@@ -176,7 +176,7 @@ def test_list_trades_by_symbol_in_execution_order(adapter: StorageAdapter) -> No
     for trade in trades:
         adapter.save_trade(trade)
     adapter.save_trade(make_trade(unique_symbol(), portfolio, T0))  # another symbol
-    listed = adapter.list_trades(symbol=symbol)
+    listed = adapter.list_trades(symbol=symbol).items
     assert listed == sorted(trades, key=lambda t: t.executed_at)
     assert all(isinstance(t, Trade) for t in listed)
 
@@ -190,10 +190,10 @@ def test_list_trades_by_portfolio(adapter: StorageAdapter) -> None:
     for trade in [*my_trades, *their_trades, other_symbol]:
         adapter.save_trade(trade)
     expected_mine = [*sorted(my_trades, key=lambda t: t.executed_at), other_symbol]
-    assert adapter.list_trades(portfolio_id=mine) == expected_mine
-    assert adapter.list_trades(portfolio_id=theirs) == their_trades
-    assert adapter.list_trades(symbol=symbol, portfolio_id=mine) == expected_mine[:3]
-    assert adapter.list_trades(portfolio_id=f"p-{uuid.uuid4().hex[:8]}") == []
+    assert adapter.list_trades(portfolio_id=mine).items == expected_mine
+    assert adapter.list_trades(portfolio_id=theirs).items == their_trades
+    assert adapter.list_trades(symbol=symbol, portfolio_id=mine).items == expected_mine[:3]
+    assert adapter.list_trades(portfolio_id=f"p-{uuid.uuid4().hex[:8]}").items == []
 
 
 def test_list_trades_since_until_is_half_open(adapter: StorageAdapter) -> None:
@@ -204,15 +204,15 @@ def test_list_trades_since_until_is_half_open(adapter: StorageAdapter) -> None:
         adapter.save_trade(trade)
     at = lambda h: T0 + h * HOUR  # noqa: E731
     hours = lambda ts: [int((t.executed_at - T0) / HOUR) for t in ts]  # noqa: E731
-    assert hours(adapter.list_trades(symbol=symbol, since=at(2))) == [2, 3, 4, 5]
-    assert hours(adapter.list_trades(symbol=symbol, until=at(2))) == [0, 1]
-    assert hours(adapter.list_trades(symbol=symbol, since=at(2), until=at(4))) == [2, 3]
-    assert hours(adapter.list_trades(symbol=symbol, since=at(2), until=at(2))) == []
-    assert hours(adapter.list_trades(portfolio_id=portfolio, since=at(5))) == [5]
+    assert hours(adapter.list_trades(symbol=symbol, since=at(2)).items) == [2, 3, 4, 5]
+    assert hours(adapter.list_trades(symbol=symbol, until=at(2)).items) == [0, 1]
+    assert hours(adapter.list_trades(symbol=symbol, since=at(2), until=at(4)).items) == [2, 3]
+    assert hours(adapter.list_trades(symbol=symbol, since=at(2), until=at(2)).items) == []
+    assert hours(adapter.list_trades(portfolio_id=portfolio, since=at(5)).items) == [5]
     # another time zone, the same instants
     est = dt.timezone(dt.timedelta(hours=-5))
     since = at(1).astimezone(est)
-    assert hours(adapter.list_trades(symbol=symbol, since=since, until=at(3))) == [1, 2]
+    assert hours(adapter.list_trades(symbol=symbol, since=since, until=at(3)).items) == [1, 2]
 
 
 def test_list_trades_limit(adapter: StorageAdapter) -> None:
@@ -220,9 +220,9 @@ def test_list_trades_limit(adapter: StorageAdapter) -> None:
     portfolio = f"p-{uuid.uuid4().hex[:8]}"
     for h in (4, 2, 0, 3, 1):
         adapter.save_trade(make_trade(symbol, portfolio, T0 + h * HOUR))
-    listed = adapter.list_trades(symbol=symbol, limit=3)
+    listed = adapter.list_trades(symbol=symbol, limit=3).items
     assert [t.executed_at for t in listed] == [T0, T0 + HOUR, T0 + 2 * HOUR]
-    assert len(adapter.list_trades(symbol=symbol, limit=1)) == 1
+    assert len(adapter.list_trades(symbol=symbol, limit=1).items) == 1
     with pytest.raises(ValidationError) as info:
         adapter.list_trades(symbol=symbol, limit=0)
     assert info.value.field == "limit"
@@ -254,16 +254,21 @@ def test_list_audit_events_by_symbol_type_and_time(adapter: StorageAdapter) -> N
     for event in events:
         adapter.save_audit_event(event)
     by_time = lambda es: sorted(es, key=lambda e: e.occurred_at)  # noqa: E731
-    assert adapter.list_audit_events(symbol=symbol) == by_time(events[:3])
-    assert adapter.list_audit_events(type=signal) == by_time([events[0], events[2], events[3]])
-    assert adapter.list_audit_events(symbol=symbol, type=signal) == [events[2], events[0]]
-    assert adapter.list_audit_events(type=decision, since=T0 + HOUR, until=T0 + 4 * HOUR) == [
+    assert adapter.list_audit_events(symbol=symbol).items == by_time(events[:3])
+    assert adapter.list_audit_events(type=signal).items == by_time(
+        [events[0], events[2], events[3]]
+    )
+    assert adapter.list_audit_events(symbol=symbol, type=signal).items == [events[2], events[0]]
+    assert adapter.list_audit_events(type=decision, since=T0 + HOUR, until=T0 + 4 * HOUR).items == [
         events[1]
     ]
-    assert adapter.list_audit_events(type=signal, since=T0 + 2 * HOUR) == [events[3], events[0]]
-    assert adapter.list_audit_events(type=signal, until=T0 + 2 * HOUR) == [events[2]]
-    assert adapter.list_audit_events(type=signal, limit=2) == [events[2], events[3]]
-    listed = adapter.list_audit_events(symbol=symbol)
+    assert adapter.list_audit_events(type=signal, since=T0 + 2 * HOUR).items == [
+        events[3],
+        events[0],
+    ]
+    assert adapter.list_audit_events(type=signal, until=T0 + 2 * HOUR).items == [events[2]]
+    assert adapter.list_audit_events(type=signal, limit=2).items == [events[2], events[3]]
+    listed = adapter.list_audit_events(symbol=symbol).items
     assert all(isinstance(e, AuditEvent) for e in listed)
     assert listed[0].details == {"score": "0.75", "reason": "crossover", "levels": [1, 2.5]}
 
@@ -281,12 +286,12 @@ def test_trades_and_audit_events_never_mix(adapter: StorageAdapter, store: Event
         f"portfolio-{portfolio}",
         [NewEvent("OrderPlaced", {"symbol": symbol, "occurred_at": T0.isoformat()})],
     )
-    assert adapter.list_trades(symbol=symbol) == [trade]
-    assert adapter.list_trades(portfolio_id=portfolio) == [trade]
-    assert adapter.list_audit_events(symbol=symbol) == [audit]
-    assert adapter.list_audit_events(type="OrderPlaced", symbol=symbol) == [audit]
-    assert adapter.list_audit_events(type="PriceTick", symbol=symbol) == []
-    assert adapter.list_audit_events(type="TradeExecuted", symbol=symbol) == []
+    assert adapter.list_trades(symbol=symbol).items == [trade]
+    assert adapter.list_trades(portfolio_id=portfolio).items == [trade]
+    assert adapter.list_audit_events(symbol=symbol).items == [audit]
+    assert adapter.list_audit_events(type="OrderPlaced", symbol=symbol).items == [audit]
+    assert adapter.list_audit_events(type="PriceTick", symbol=symbol).items == []
+    assert adapter.list_audit_events(type="TradeExecuted", symbol=symbol).items == []
 
 
 def test_a_cancellation_needs_the_trade_in_that_portfolio(

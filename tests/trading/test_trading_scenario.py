@@ -22,6 +22,7 @@ import pytest
 from psycopg.rows import dict_row
 
 from eventstore import AppendResult, EventStore, Settings
+from projections.models import plain_decimal
 from projections.queries import get_portfolio, get_positions
 from projections.runner import ProjectionRunner
 from tests.support.database import deployed_database
@@ -196,8 +197,27 @@ def test_worked_example_number_for_number(store: EventStore, dsn: str) -> None:
         final.realized_pnl,
         final.fees,
     )
-    listed = {t.trade_id: t for t in adapter.list_trades(portfolio_id=PID)}
+    listed = {t.trade_id: t for t in adapter.list_trades(portfolio_id=PID, status="any").items}
     assert set(listed) == {f"T{n}" for n in range(1, 9)}
+    # By default the trades that stand; cancelled ones on request (T3
+    # cancelled twice is listed once).
+    standing = adapter.list_trades(portfolio_id=PID)
+    assert [t.trade_id for t in standing.items] == [t for t in listed if t not in {"T3", "T7"}]
+    assert standing.next is None
+    cancelled = adapter.list_trades(portfolio_id=PID, status="cancelled")
+    assert [t.trade_id for t in cancelled.items] == ["T3", "T7"]
+    # Paged, the filtered lists come out whole and in order, pages full.
+    pages, after = [], None
+    while True:
+        page = adapter.list_trades(portfolio_id=PID, limit=4, after=after)
+        pages.append([t.trade_id for t in page.items])
+        if page.next is None:
+            break
+        after = page.next
+    assert pages == [
+        [t.trade_id for t in standing.items][:4],
+        [t.trade_id for t in standing.items][4:],
+    ]
     assert (listed["T3"].quantity, listed["T3"].price, listed["T3"].fees) == (
         D(1),
         D("10.02"),
@@ -254,6 +274,12 @@ def check_step(
         for p in get_positions(adapter.store, PID)
     }
     assert through_adapter == {s: c for s, c in want.positions.items() if c is not None}, where
+    # Handed out plain: what the table holds as 230.500000000000 or 0E-12
+    # comes back as 230.5 and 0, the same values.
+    for amounts in through_adapter.values():
+        for amount in amounts[:4]:
+            assert amount == plain_decimal(amount), where
+            assert amount.as_tuple() == plain_decimal(amount).as_tuple(), f"{where}: {amount!r}"
 
     trades = {
         r["trade_id"]: r for r in rows(conn, "SELECT * FROM utcp.trades WHERE portfolio_id = %s")
