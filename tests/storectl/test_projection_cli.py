@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -18,7 +19,8 @@ import pytest
 from eventstore import EventStore, Settings
 from projections import ProjectionRunner
 from projections.status import projection_status
-from storectl.cli import ProgressDisplay, progress_line
+from storectl.cli.output import decimal_text
+from storectl.cli.progress import ProgressDisplay, progress_line
 from tests.projections.test_workers import (
     WAIT,
     TradingDesk,
@@ -105,7 +107,10 @@ def test_an_error_starts_on_its_own_line_after_an_unfinished_bar() -> None:
 def test_status_then_catch_up(dsn: str, store: EventStore, desk: TradingDesk) -> None:
     events = int(one_value(dsn, "SELECT count(*) FROM utcp.stored_events"))
     code, before = status_json(dsn)
-    assert code == 0
+    assert code == 1  # events wait and no worker is active: an operator's job
+    assert before["needs_operator"] == [
+        f"{events:,} events wait and no worker is active (start one: eventstore project run)"
+    ]
     assert before["checkpoint"] == "0/0"
     assert before["lag_events"] == events
     assert isinstance(before["lag_seconds"], float) and before["lag_seconds"] > 0
@@ -114,6 +119,7 @@ def test_status_then_catch_up(dsn: str, store: EventStore, desk: TradingDesk) ->
     proc = run_cli("project", "catch-up", "--batch-size", "50", "--dsn", dsn)
     assert proc.stdout.startswith(f"caught up: {events:,} events applied; checkpoint ")
     assert f"catch-up: [##########] 100% {events:,}/{events:,} events" in proc.stderr
+    assert proc.stdout.startswith(f"caught up: {events:,} events applied")
     assert "ev/s" in proc.stderr
 
     last = one_value(
@@ -126,12 +132,14 @@ def test_status_then_catch_up(dsn: str, store: EventStore, desk: TradingDesk) ->
     assert after["checkpoint"] == last == proc.stdout.split()[-1]
     assert after["events_processed"] == events
     assert after["lag_events"] == 0 and after["lag_seconds"] == 0.0
+    assert after["needs_operator"] == []
 
     human = run_cli("project", "status", "--dsn", dsn)
     assert f"checkpoint:        {last}" in human.stdout
     assert "lag:               caught up" in human.stdout
     assert "worker:            none active" in human.stdout
     assert "last error:        none" in human.stdout
+    assert human.stdout.rstrip().endswith("needs an operator: no")
 
     again = run_cli("project", "catch-up", "--dsn", dsn)
     assert again.stdout.startswith("caught up: 0 events applied")
@@ -219,7 +227,10 @@ def test_run_applies_new_events_and_stops_on_sigterm(
         code, err = stop_worker(proc)
     assert code == 0, err
     assert "projection trading: active worker" in err
-    assert "projection trading: +1 events, checkpoint " in err
+    assert "projection trading: +1 event, checkpoint " in err
+    # Every line of the worker's log starts with a UTC timestamp.
+    for line in err.strip().splitlines():
+        assert re.match(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z eventstore: ", line), line
     assert err.rstrip().endswith("projection trading: stopped")
     assert projection_status(store).active_worker_pid is None
 
@@ -269,9 +280,11 @@ def test_rebuild_output(dsn: str, store: EventStore, desk: TradingDesk) -> None:
 
     dry = run_cli("project", "rebuild", "--dry-run", "--dsn", dsn, check=False)
     assert dry.returncode == 3, dry.stderr
-    assert "DIFFERENCES: 1 row(s) differ" in dry.stdout
+    assert "DIFFERENCES: 1 row differs" in dry.stdout
     assert f"  portfolios (portfolio_id='{portfolio}'):" in dry.stdout
-    assert f"      cash: live {cash + Decimal('0.01')}  rebuilt {cash}" in dry.stdout
+    # Decimals as plain digits, without the column's trailing zeros.
+    live, rebuilt = decimal_text(cash + Decimal("0.01")), decimal_text(cash)
+    assert f"      cash: live {live}  rebuilt {rebuilt}" in dry.stdout
     assert "dry run: nothing swapped" in dry.stdout
 
     as_json = run_cli("project", "rebuild", "--json", "--dsn", dsn, check=False)
@@ -284,6 +297,7 @@ def test_rebuild_output(dsn: str, store: EventStore, desk: TradingDesk) -> None:
     assert Decimal(difference["live"]["cash"]) - Decimal(difference["rebuilt"]["cash"]) == Decimal(
         "0.01"
     )
+    assert difference["rebuilt"]["cash"] == decimal_text(cash)
 
     repaired = run_cli("project", "rebuild", "--dsn", dsn)
     assert "no differences" in repaired.stdout
@@ -313,7 +327,7 @@ def test_status_shows_events_waiting_behind_an_open_transaction(
         assert code == 0
         assert (shown["lag_events"], shown["waiting_events"]) == (0, 1)
         human = run_cli("project", "status", "--dsn", dsn).stdout
-        assert "waiting:           1 committed events behind an open transaction" in human
+        assert "waiting:           1 committed event behind an open transaction" in human
         older.rollback()
     _, after = status_json(dsn)
     assert (after["lag_events"], after["waiting_events"]) == (1, 0)
