@@ -78,8 +78,8 @@ def projection_failure(exc: psycopg.Error, operation: str, projection: str) -> E
         )
     if state == "42501":
         return StorageError(
-            f"{where}: permission denied ({text}): a projection worker connects as a member "
-            "of utcp_projector (docs/security.md)",
+            f"{where}: {text}: a projection worker connects as a member of utcp_projector "
+            "(docs/security.md)",
             operation=operation,
             sqlstate=state,
         )

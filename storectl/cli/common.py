@@ -18,7 +18,7 @@ from eventstore import EventStore, EventStoreError, Settings, ValidationError
 from eventstore.settings import ENV_PREFIX
 from trading import trading_registry
 
-from .output import printable
+from .output import json_line, printable
 
 __all__ = [
     "DSN_ENV",
@@ -177,19 +177,23 @@ _LOGGERS: Final = ("eventstore", "projections", "trading")
 
 class _Formatter(logging.Formatter):
     """``eventstore: MESSAGE`` (``warning:`` before a warning), after a UTC
-    timestamp when the command runs for long (``project run``)."""
+    timestamp when the command runs for long (``project run``); with
+    ``as_json``, one JSON line: ``{"time", "level", "message"}``."""
 
-    def __init__(self, timestamps: bool) -> None:
+    def __init__(self, timestamps: bool, as_json: bool = False) -> None:
         super().__init__()
         self.timestamps = timestamps
+        self.as_json = as_json
 
     def format(self, record: logging.LogRecord) -> str:
+        when = dt.datetime.fromtimestamp(record.created, dt.UTC)
+        stamp = when.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        if self.as_json:
+            line = {"time": stamp, "level": record.levelname.lower()}
+            return json_line({**line, "message": record.getMessage()})
         level = "warning: " if record.levelno >= logging.WARNING else ""
         text = f"eventstore: {level}{printable(record.getMessage())}"
-        if self.timestamps:
-            when = dt.datetime.fromtimestamp(record.created, dt.UTC)
-            text = f"{when.isoformat(timespec='milliseconds').replace('+00:00', 'Z')} {text}"
-        return text
+        return f"{stamp} {text}" if self.timestamps else text
 
 
 class _BelowErrors(logging.Filter):
@@ -200,12 +204,17 @@ class _BelowErrors(logging.Filter):
 
 
 def configure_logging(
-    level: int = logging.WARNING, *, timestamps: bool = False, stream: TextIO | None = None
+    level: int = logging.WARNING,
+    *,
+    timestamps: bool = False,
+    as_json: bool = False,
+    stream: TextIO | None = None,
 ) -> None:
     """Show the libraries' records at ``level`` and above (errors excepted)
-    as the command's own lines on stderr; quiet psycopg's."""
+    as the command's own lines on stderr (JSON lines with ``as_json``);
+    quiet psycopg's."""
     handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
-    handler.setFormatter(_Formatter(timestamps))
+    handler.setFormatter(_Formatter(timestamps, as_json))
     handler.addFilter(_BelowErrors())
     for name in _LOGGERS:
         logger = logging.getLogger(name)

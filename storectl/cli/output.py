@@ -21,6 +21,7 @@ __all__ = [
     "emit",
     "event_json",
     "event_line",
+    "json_line",
     "jsonable",
     "number",
     "printable",
@@ -89,8 +90,14 @@ def decimal_text(value: Decimal) -> str:
     ``0E-12`` is ``0``, ``230.500000000000`` is ``230.5``."""
     if not value.is_finite():
         return str(value)
-    text = format(value.normalize(), "f")
-    return "0" if text in ("-0", "0") else text
+    if value.is_zero():
+        return "0"
+    # Not Decimal.normalize(): it rounds to the context's precision.
+    sign, digits, exponent = value.as_tuple()
+    assert isinstance(exponent, int)  # finite
+    while exponent < 0 and digits[-1] == 0:
+        digits, exponent = digits[:-1], exponent + 1
+    return format(Decimal((sign, digits, exponent)), "f")
 
 
 def time_text(value: dt.datetime) -> str:
@@ -135,11 +142,16 @@ def say(text: str, out: TextIO | None = None) -> None:
     print(text, file=out if out is not None else sys.stdout)
 
 
+def json_line(record: Any) -> str:
+    """``record`` (anything :func:`jsonable` takes) as one line of JSON,
+    without the newline; nothing in it a terminal would obey."""
+    return _json.encode(jsonable(record)).decode().translate(_TERMINAL_CONTROLS)
+
+
 def emit(record: Any, out: TextIO | None = None) -> None:
-    """One JSON line (``record``: anything :func:`jsonable` takes)."""
-    text = _json.encode(jsonable(record)).decode().translate(_TERMINAL_CONTROLS)
+    """One JSON line on stdout (or ``out``)."""
     where = out if out is not None else sys.stdout
-    where.write(text + "\n")
+    where.write(json_line(record) + "\n")
 
 
 def event_line(event: StoredEvent) -> str:

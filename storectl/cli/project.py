@@ -55,11 +55,12 @@ def _catch_up(args: argparse.Namespace) -> int:
             wait=args.wait,
             lock_timeout=args.lock_timeout,
             stop=stop.event,
-            progress=display.update,
+            progress=None if args.json else display.update,  # --json: JSON lines only
         )
-    if not result.stopped:
-        display.total = display.done  # all of it, whatever the estimate said
-    display.finish()
+    if not args.json:
+        if not result.stopped:
+            display.total = display.done  # all of it, whatever the estimate said
+        display.finish()
     what = "stopped" if result.stopped else "caught up"
     if args.json:
         emit(result)
@@ -69,7 +70,9 @@ def _catch_up(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    configure_logging(logging.DEBUG if args.verbose else logging.INFO, timestamps=True)
+    configure_logging(
+        logging.DEBUG if args.verbose else logging.INFO, timestamps=True, as_json=args.json
+    )
     stop = GracefulStop()
     with handling_signals(stop), open_store(args) as store:
         run_worker(
@@ -182,7 +185,7 @@ def _rebuild(args: argparse.Namespace) -> int:
             store,
             dsn(args),
             args.name,
-            progress=progress,
+            progress=None if args.json else progress,  # --json: JSON lines only
             batch_size=args.batch_size,
             dry_run=args.dry_run,
             lock_timeout=args.lock_timeout,
@@ -304,7 +307,8 @@ def add_parser(commands: Any) -> None:
         "polls anyway. With another worker active it waits as a standby and takes over when "
         "that one stops; after a lost connection it goes back to standby. SIGTERM or SIGINT "
         "stops it after the current batch (exit 0); an event it cannot apply, missing rights "
-        "or a missing schema stop it with exit 1. Its log lines (stderr) carry UTC timestamps.",
+        "or a missing schema stop it with exit 1. Its log lines (stderr) carry UTC timestamps "
+        "(--json: JSON lines with time, level and message).",
     )
     run.add_argument("--batch-size", type=positive_int, default=500, metavar="N")
     run.add_argument(
@@ -315,6 +319,7 @@ def add_parser(commands: Any) -> None:
         help="seconds between polls when no notification comes (default: 1)",
     )
     run.add_argument("--verbose", action="store_true", help="log a line per batch applied")
+    add_json(run)
     add_dsn(run)
     run.set_defaults(handler=_run)
 

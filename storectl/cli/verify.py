@@ -72,7 +72,7 @@ def _verify_log(args: argparse.Namespace) -> int:
     if args.from_anchor:
         start = integrity.load_saved_anchors([args.from_anchor])[-1]
     target = dsn(args)
-    display = ProgressDisplay("verify") if sys.stderr.isatty() else None
+    display = ProgressDisplay("verify") if sys.stderr.isatty() and not args.json else None
     with integrity.connect(target, cli_settings()) as conn:
         try:
             report = integrity.verify_log(

@@ -433,9 +433,7 @@ def test_a_poison_event_stops_the_projection_before_it(poison_dsn: str) -> None:
         # hold the decision back from readers for a moment: catch up again.
         out = run_cli("project", "catch-up", "--dsn", dsn).stdout
         applied.append(int(out.split()[2].replace(",", "")))
-        shown = json.loads(
-            run_cli("project", "status", "--json", "--dsn", dsn, check=False).stdout
-        )
+        shown = json.loads(run_cli("project", "status", "--json", "--dsn", dsn, check=False).stdout)
         return bool(shown["lag_events"] == 0 and shown["waiting_events"] == 0)
 
     wait_until(caught_up, "the projection to pass over the poison event")

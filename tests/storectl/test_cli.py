@@ -18,11 +18,11 @@ from typing import Any
 import msgspec
 import psycopg
 import pytest
+from psycopg import sql
 
 from eventstore import EventStore, NewEvent, StoredEvent, StoreStatus
 from storectl import cli
-from storectl.cli import output
-from tests.support.database import dsn_for, run_cli
+from tests.support.database import deployed_database, dsn_for, run_cli
 
 #: Generous: a subprocess on a loaded 2-core machine. Not a timing assertion,
 #: only a bound on how long a broken test can hang.
@@ -83,9 +83,7 @@ def test_data_that_is_not_utf8_is_one_line(database_dsn: str, stream: str) -> No
         check=False,
     )
     assert proc.returncode == 1
-    assert proc.stderr.strip().splitlines() == [
-        "eventstore: error: --data is not valid UTF-8"
-    ]
+    assert proc.stderr.strip().splitlines() == ["eventstore: error: --data is not valid UTF-8"]
     assert "Traceback" not in proc.stderr
 
 
@@ -602,3 +600,99 @@ def test_a_short_lived_append_still_wakes_listeners(database_dsn: str, stream: s
         ok(database_dsn, "append", stream, "NoteAdded", "--data", '{"text": "hello"}')
         woke = list(listener.notifies(timeout=10, stop_after=1))
     assert [n.channel for n in woke] == ["utcp_events"]
+
+
+# -- answers that say what is the case ---------------------------------------------
+
+
+def test_verify_of_a_stream_that_does_not_exist_exits_1(database_dsn: str) -> None:
+    name = f"never-{uuid.uuid4().hex[:8]}"
+    for extra in ((), ("--json",)):
+        proc = es(database_dsn, "verify", "--stream", name, *extra)
+        assert_one_error_line(proc, f"no stream {name} in the log", "nothing to verify")
+
+
+def test_tail_after_a_checkpoint_beyond_the_head_exits_1(database_dsn: str, stream: str) -> None:
+    newest = _append_probe(database_dsn, stream, unique_type(), 1)
+    beyond = f"{2**40}/{2**40}"
+    for extra in ((), ("--json",)):
+        proc = es(database_dsn, "tail", "--after", beyond, *extra)
+        line = assert_one_error_line(
+            proc, f"checkpoint {beyond} is beyond the head of this log", "the newest event is at"
+        )
+        head = line.split("the newest event is at ")[1].split(")")[0]
+        assert checkpoint_key(head) >= checkpoint_key(newest["checkpoint"])
+
+
+def test_tail_of_a_type_never_seen_says_so(database_dsn: str) -> None:
+    never = unique_type()
+    proc = es(database_dsn, "tail", "--types", never)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == "-- no events yet (checkpoint: start of the log)\n"
+    assert proc.stderr == (
+        f"eventstore: note: no event of type {never!r} is in the log (yet); "
+        "type names match exactly\n"
+    )
+    as_json = es(database_dsn, "tail", "--types", never, "--json")
+    assert as_json.returncode == 0 and as_json.stdout == ""
+    note, resume = json_lines(as_json.stderr)
+    assert note["type"] == never and "no event of type" in note["note"]
+    assert resume == {"resume_after": None}
+
+
+def test_read_of_an_empty_stream_says_so(database_dsn: str, stream: str) -> None:
+    assert (
+        ok(database_dsn, "read", stream)
+        == f"-- no stream {stream}: nothing was ever appended to it\n"
+    )
+    proc = es(database_dsn, "read", stream, "--json")
+    assert proc.returncode == 0 and proc.stdout == ""
+    assert json_lines(proc.stderr) == [
+        {"stream_id": stream, "events": 0, "first_version": None, "last_version": None}
+    ]
+    ok(database_dsn, "append", stream, "Opened", "--data", "{}")
+    assert ok(database_dsn, "read", stream, "--from-version", "2") == (
+        f"-- no events in {stream} from v2 (it is at v1)\n"
+    )
+    assert ok(database_dsn, "read", stream).endswith(f"-- 1 event of {stream}, v1..v1\n")
+
+
+def test_db_revert_without_the_schema_says_so(admin: psycopg.Connection[Any]) -> None:
+    name = f"utcp_cli_bare_{uuid.uuid4().hex[:8]}"
+    admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    try:
+        proc = run_cli("db", "revert", "--dsn", dsn_for(name))
+        assert proc.stdout.startswith(
+            f"nothing to revert: the utcp schema is not deployed in database {name}"
+        ), proc.stdout
+        (record,) = json_lines(run_cli("--json", "db", "revert", "--dsn", dsn_for(name)).stdout)
+        assert record["reverted"] is False and record["database"] == name
+    finally:
+        admin.execute(
+            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+        )
+
+
+def test_json_on_an_empty_log_and_anchors_saved_from_it(tmp_path: Any) -> None:
+    """--json is JSON lines also when there is nothing: `anchor` on an empty
+    log, and `verify --anchor` passes over that line in a saved file."""
+    with deployed_database("utcp_cli_empty") as dsn:
+        (empty,) = json_lines(ok(dsn, "anchor", "--json"))
+        assert empty == {
+            "anchored": False,
+            "events": 0,
+            "message": "the log is empty: nothing to anchor",
+        }
+        assert ok(dsn, "anchor") == "the log is empty: nothing to anchor\n"
+        tail = es(dsn, "tail", "--json")
+        assert tail.returncode == 0 and tail.stdout == ""
+        assert json_lines(tail.stderr) == [{"resume_after": None}]
+        ok(dsn, "append", "portfolio-1", "Opened", "--data", "{}")
+        saved = tmp_path / "anchors.jsonl"
+        saved.write_text(ok(dsn, "anchor", "--json") + json.dumps(empty) + "\n")
+        assert ok(dsn, "anchor", "--json").count("\n") == 1
+        saved.write_text(json.dumps(empty) + "\n" + ok(dsn, "anchor", "--json"))
+        checked = json_lines(ok(dsn, "verify", "--anchor", str(saved), "--json"))
+        assert checked[-1]["ok"] is True and checked[-1]["saved_anchors_checked"] == 1
+        human = ok(dsn, "verify", "--anchor", str(saved))
+        assert "1 event in 1 stream, 1 anchor, 1 saved anchor" in human, human

@@ -19,6 +19,7 @@ import pytest
 from eventstore import EventStore, Settings
 from projections import ProjectionRunner
 from projections.status import projection_status
+from storectl import cli
 from storectl.cli.output import decimal_text
 from storectl.cli.progress import ProgressDisplay, progress_line
 from tests.projections.test_workers import (
@@ -31,7 +32,7 @@ from tests.projections.test_workers import (
     stop_worker,
     wait_until,
 )
-from tests.support.database import run_cli
+from tests.support.database import deployed_database, login_role, run_cli
 from trading import StorageAdapter
 
 
@@ -331,3 +332,90 @@ def test_status_shows_events_waiting_behind_an_open_transaction(
         older.rollback()
     _, after = status_json(dsn)
     assert (after["lag_events"], after["waiting_events"]) == (1, 0)
+
+
+# -- one clear line, never a traceback ----------------------------------------------
+
+
+def one_error_line(proc: subprocess.CompletedProcess[str], *needles: str) -> str:
+    assert proc.returncode == 1, (proc.returncode, proc.stdout, proc.stderr)
+    assert "Traceback" not in proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("eventstore: error: ")]
+    assert len(errors) == 1, proc.stderr
+    for needle in needles:
+        assert needle in errors[0], (needle, errors[0])
+    return errors[0]
+
+
+def test_a_role_without_the_rights_gets_one_line(dsn: str, desk: TradingDesk) -> None:
+    event = json.loads(run_cli("tail", "--limit", "1", "--json", "--dsn", dsn).stdout)
+    with login_role(dsn, "utcp_writer") as writer:
+        for command in (
+            ("catch-up",),
+            ("run", "--poll-interval", "0.2"),
+            ("rebuild", "--lock-timeout", "1"),
+            ("skip", event["event_id"], "--reason", "not mine to decide"),
+        ):
+            proc = run_cli("project", *command, "--dsn", writer, check=False, timeout=WAIT)
+            one_error_line(proc, "permission denied")
+
+
+def test_a_partly_deployed_schema_gets_one_line() -> None:
+    with deployed_database("utcp_cli_partial") as partial:
+        with psycopg.connect(partial, autocommit=True) as admin:
+            admin.execute("DROP TABLE utcp.projection_checkpoints CASCADE")
+        for command in (
+            ("catch-up",),
+            ("run", "--poll-interval", "0.2"),
+            ("rebuild", "--lock-timeout", "1"),
+            ("status",),
+        ):
+            proc = run_cli("project", *command, "--dsn", partial, check=False, timeout=WAIT)
+            one_error_line(proc, "eventstore db deploy")
+
+
+def _lost(*args: object, **kwargs: object) -> None:
+    raise psycopg.errors.AdminShutdown("terminating connection due to administrator command")
+
+
+def test_a_lost_connection_is_one_line(
+    dsn: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The server ends the worker's connection (AdminShutdown): catch-up and
+    rebuild stop with one line; a `run` worker goes back to standby."""
+    monkeypatch.setattr(ProjectionRunner, "catch_up", _lost)
+    assert cli.main(["project", "catch-up", "--dsn", dsn]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert err.strip().splitlines()[-1] == (
+        "eventstore: error: projection 'trading': lost the connection to PostgreSQL: "
+        "terminating connection due to administrator command (sqlstate='57P01')"
+    )
+    assert cli.main(["project", "rebuild", "--dsn", dsn]) == 1
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert line.startswith("eventstore: error: projection 'trading': lost the connection")
+
+    calls: list[int] = []
+
+    def run_once_lost(self: ProjectionRunner, stop: threading.Event, **kwargs: object) -> None:
+        calls.append(1)
+        if len(calls) == 1:
+            _lost()
+        stop.set()  # as SIGTERM would
+
+    monkeypatch.setattr(ProjectionRunner, "run", run_once_lost)
+    assert cli.main(["project", "run", "--dsn", dsn]) == 0
+    err = capsys.readouterr().err
+    assert len(calls) == 2
+    assert "projection trading: lost the connection to PostgreSQL: terminating connection" in err
+    assert "; standby again in 1 s" in err
+    assert err.rstrip().endswith("eventstore: projection trading: stopped")
+
+
+def test_status_and_catch_up_speak_json(dsn: str, store: EventStore) -> None:
+    proc = run_cli("--json", "project", "catch-up", "--dsn", dsn)
+    (record,) = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert set(record) == {"projection", "applied", "checkpoint", "stopped"}
+    assert proc.stderr == ""  # no progress bar with --json
+    code, shown = status_json(dsn)
+    assert shown["checkpoint"] == record["checkpoint"] or code == 1
