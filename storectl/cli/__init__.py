@@ -15,6 +15,7 @@ print one line on stderr; the exit codes are in :data:`EXIT_CODES_HELP`.
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -45,10 +46,22 @@ __all__ = ["EXIT_BROKEN_PIPE", "build_parser", "main", "version"]
 #: The distribution that installs the ``eventstore`` command.
 DISTRIBUTION = "utcp-eventstore"
 
-#: The command groups, in the order ``--help`` lists them. A program layer
-#: that adds commands (the HTTP service's ``serve`` and ``keys``) gives a
-#: module with ``add_parser(commands)`` of its own.
+#: The command groups, in the order ``--help`` lists them.
 COMMAND_GROUPS: tuple[ModuleType, ...] = (db, events, status, verify, project)
+#: Groups of other program packages, each a module with ``add_parser(commands)``
+#: like the ones above, listed when they can be imported (the HTTP service's
+#: ``serve`` and ``keys`` need its optional dependencies).
+OPTIONAL_GROUPS: tuple[str, ...] = ("storectl.service.command",)
+
+
+def _groups() -> list[ModuleType]:
+    groups = list(COMMAND_GROUPS)
+    for name in OPTIONAL_GROUPS:
+        try:
+            groups.append(importlib.import_module(name))
+        except ModuleNotFoundError:
+            continue  # not installed (or its extra is not): no such commands
+    return groups
 
 
 def version() -> str:
@@ -72,7 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_dsn(parser, top=True)
     add_json(parser, top=True)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for group in COMMAND_GROUPS:
+    for group in _groups():
         group.add_parser(commands)
     return parser
 

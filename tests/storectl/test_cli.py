@@ -609,7 +609,7 @@ def test_verify_of_a_stream_that_does_not_exist_exits_1(database_dsn: str) -> No
     name = f"never-{uuid.uuid4().hex[:8]}"
     for extra in ((), ("--json",)):
         proc = es(database_dsn, "verify", "--stream", name, *extra)
-        assert_one_error_line(proc, f"no stream {name} in the log", "nothing to verify")
+        assert_one_error_line(proc, f"no stream {name} in the log", "no chain to verify")
 
 
 def test_tail_after_a_checkpoint_beyond_the_head_exits_1(database_dsn: str, stream: str) -> None:
