@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -36,6 +37,7 @@ from .common import (
     EXIT_INTERRUPTED,
     add_dsn,
     add_json,
+    configure_logging,
     error_line,
 )
 from .output import printable
@@ -104,6 +106,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     handler: Callable[[argparse.Namespace], int] = args.handler
+    # The libraries' warnings as the command's own lines (JSON with --json);
+    # the driver's and the pool's not at all.
+    configure_logging(logging.WARNING, as_json=args.json)
     try:
         code = handler(args)
         sys.stdout.flush()

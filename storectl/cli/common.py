@@ -196,6 +196,23 @@ class _Formatter(logging.Formatter):
         return f"{stamp} {text}" if self.timestamps else text
 
 
+class _Handler(logging.Handler):
+    """Writes to ``stream``, or to whatever ``sys.stderr`` is when a record
+    comes (not the one it was when the command started)."""
+
+    def __init__(self, stream: TextIO | None) -> None:
+        super().__init__()
+        self.target = stream
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            out = self.target if self.target is not None else sys.stderr
+            out.write(self.format(record) + "\n")
+            out.flush()
+        except Exception:
+            self.handleError(record)
+
+
 class _BelowErrors(logging.Filter):
     """The command reports errors itself, in one line."""
 
@@ -213,7 +230,7 @@ def configure_logging(
     """Show the libraries' records at ``level`` and above (errors excepted)
     as the command's own lines on stderr (JSON lines with ``as_json``);
     quiet psycopg's."""
-    handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
+    handler = _Handler(stream)
     handler.setFormatter(_Formatter(timestamps, as_json))
     handler.addFilter(_BelowErrors())
     for name in _LOGGERS:
@@ -223,7 +240,6 @@ def configure_logging(
         handler._eventstore_cli = True  # type: ignore[attr-defined]
         logger.addHandler(handler)
         logger.setLevel(level)
-        logger.propagate = False
     # "discarding closed connection …" and the like: the pool replaces the
     # connection, the store retries; what outlasts that is the command's error.
     logging.getLogger("psycopg").setLevel(logging.CRITICAL)

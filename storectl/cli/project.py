@@ -44,7 +44,6 @@ _PHASES: Final = {
 
 
 def _catch_up(args: argparse.Namespace) -> int:
-    configure_logging(logging.WARNING)
     stop = GracefulStop()
     display = ProgressDisplay("catch-up")
     with handling_signals(stop), open_store(args) as store:
@@ -162,7 +161,6 @@ def _row_text(row: dict[str, Any]) -> str:
 
 
 def _rebuild(args: argparse.Namespace) -> int:
-    configure_logging(logging.WARNING)
     err = sys.stderr
     display = ProgressDisplay("rebuild")
     phase = ""
