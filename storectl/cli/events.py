@@ -201,7 +201,7 @@ def _beyond_head(store: EventStore, error: CheckpointNotInLog) -> EventStoreErro
     head = str(rows[0][0]) if rows else None
     if head is not None and checkpoint_order(error.checkpoint) <= checkpoint_order(head):
         return error
-    newest = "the log is empty" if head is None else f"the newest event is at {head}"
+    newest = "no event is readable" if head is None else f"the newest readable event is at {head}"
     return CheckpointNotInLog(
         f"checkpoint {error.checkpoint} is beyond the head of this log ({newest}): no event "
         "here has it. It is another database's, or this log was restored to a point before "

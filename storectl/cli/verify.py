@@ -59,6 +59,8 @@ def _verify(args: argparse.Namespace) -> int:
             f"  {problem.position:>6}  {problem.stream_id} v{problem.stream_version}  "
             f"{problem.problem}"
         )
+    for bad in report.anchor_problems:
+        say(f"  anchor #{bad.anchor_id} (through {bad.checkpoint})  {bad.problem}")
     found = len(report.problems) + len(report.anchor_problems)
     say(f"PROBLEMS: {count(found, 'problem')} in {scope} ({counts} checked)")
     return code
