@@ -10,7 +10,7 @@ import msgspec
 from . import sql
 from .connection import Database, hazard_message
 
-__all__ = ["StoreStatus", "status"]
+__all__ = ["StoreStatus", "needs_operator", "status"]
 
 
 class StoreStatus(msgspec.Struct, frozen=True):
@@ -66,3 +66,25 @@ def status(db: Database) -> StoreStatus:
 
     status: StoreStatus = db.run("status", work)
     return status
+
+
+def needs_operator(status: StoreStatus, stall_threshold: float) -> list[str]:
+    """What in ``status`` needs an operator, one sentence each (none: all
+    is well): the restore hazard, and global readers held back for longer
+    than ``stall_threshold`` seconds (``Settings.stall_threshold``)."""
+    found: list[str] = []
+    if status.xid_hazard:
+        found.append(status.xid_hazard)
+    age = status.oldest_transaction_seconds
+    if age is not None and age > stall_threshold:
+        who = (
+            "a prepared transaction"
+            if status.oldest_transaction_pid is None
+            else f"the transaction of pid {status.oldest_transaction_pid}"
+        )
+        found.append(
+            f"global readers are held back: {who} has been open for {age:.1f} s "
+            f"(more than {stall_threshold:g} s); new events stay invisible to read_all "
+            "until it ends (docs/runbook.md, 'Stalls')"
+        )
+    return found

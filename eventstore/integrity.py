@@ -238,6 +238,8 @@ def parse_saved_anchors(text: str, source: str = "") -> list[SavedAnchor]:
         where = f"{source}:{number}"
         try:
             record = json.loads(line)
+            if isinstance(record, dict) and record.get("anchored") is False:
+                continue  # `eventstore anchor --json` on an empty log: no anchor
             anchors.append(
                 SavedAnchor(
                     anchor_id=int(record["anchor_id"]),

@@ -150,6 +150,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     #: LISTEN/NOTIFY channel the store pokes after appends commit (a wake-up
     #: hint for live readers, debounced, never inside an append); "" for none.
     notify_channel: str = "utcp_events"
+    #: ``eventstore status`` (and ``needs_operator``): global readers held
+    #: back for longer than this by one open transaction need an operator.
+    stall_threshold: float = 60.0
 
     def __post_init__(self) -> None:
         for name in self.__struct_fields__:
@@ -180,6 +183,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             ("retry_timeout", self.retry_timeout > 0),
             ("max_event_bytes", 0 < self.max_event_bytes <= MAX_EVENT_BYTES),
             ("max_batch_events", 0 < self.max_batch_events <= MAX_BATCH_EVENTS),
+            ("stall_threshold", self.stall_threshold > 0),
         ]
         for name, ok in checks:
             value = getattr(self, name)

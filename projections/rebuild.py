@@ -53,7 +53,7 @@ from psycopg.rows import dict_row
 from eventstore import Checkpoint, CheckpointNotInLog, EventStore, EventStoreError, StoredEvent
 
 from . import sql
-from .errors import ProjectionError
+from .errors import ProjectionError, mapped_errors
 from .runner import ProjectionRunner
 from .sql import LIVE, Tables, shadow_tables
 from .status import lease_sessions, rebuild_checkpoint_name
@@ -151,7 +151,30 @@ def rebuild(
 ) -> RebuildReport:
     """Rebuild projection ``name`` into shadow tables, compare, and swap
     them in (module docstring). ``lock_timeout``: how long to wait for the
-    live worker to pause (None: no limit)."""
+    live worker to pause (None: no limit). A failure of the rebuild's own
+    connections is an EventStoreError too (projections.errors.mapped_errors)."""
+    with mapped_errors("rebuild", name):
+        return _rebuild(
+            store,
+            dsn,
+            name,
+            progress=progress,
+            batch_size=batch_size,
+            dry_run=dry_run,
+            lock_timeout=lock_timeout,
+        )
+
+
+def _rebuild(
+    store: EventStore,
+    dsn: str,
+    name: str,
+    *,
+    progress: RebuildProgress | None,
+    batch_size: int,
+    dry_run: bool,
+    lock_timeout: float | None,
+) -> RebuildReport:
     factory = PROJECTIONS.get(name)
     if factory is None:
         raise RebuildError(

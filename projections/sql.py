@@ -160,6 +160,17 @@ SELECT e.data ->> 'reason', e.data ->> 'actor'
  ORDER BY e.position
  LIMIT 1"""
 
+# The event a skip decision names (eventstore project skip).
+EVENT_BY_ID: Final = """
+SELECT stream_id, stream_version, position, type
+  FROM utcp.stored_events WHERE event_id = %s"""
+
+# The role recording a skip decision, and whether its decisions count
+# (the same rule as SKIP_DECISIONS).
+SKIP_ROLE: Final = """
+SELECT r.rolname::text, r.rolsuper OR pg_catalog.pg_has_role(r.oid, 'utcp_operator', 'MEMBER')
+  FROM pg_catalog.pg_roles r WHERE r.rolname = session_user"""
+
 RECORD_ERROR: Final = """
 UPDATE utcp.projection_checkpoints
    SET last_error = %s, last_error_at = now(), last_error_event = %s

@@ -12,7 +12,13 @@ from eventstore import Checkpoint, EventStore
 from . import sql
 from .runner import LeaseHolder
 
-__all__ = ["ProjectionStatus", "lease_sessions", "projection_status", "rebuild_checkpoint_name"]
+__all__ = [
+    "ProjectionStatus",
+    "lease_sessions",
+    "needs_operator",
+    "projection_status",
+    "rebuild_checkpoint_name",
+]
 
 
 def rebuild_checkpoint_name(name: str) -> str:
@@ -96,3 +102,23 @@ def lease_sessions(store: EventStore, name: str) -> dict[str, LeaseHolder]:
     utcp.projection_lease_holders: the lease table itself is the projector's)."""
     rows = store.query("project_status", sql.LEASE_HOLDERS, (name,), by_name=True)
     return {str(row["role"]): LeaseHolder(**row) for row in rows}
+
+
+def needs_operator(status: ProjectionStatus) -> list[str]:
+    """What in ``status`` needs an operator, one sentence each (none: all
+    is well): an event the rules refused, a checkpoint the log does not
+    hold, and events waiting with no worker active to apply them."""
+    found: list[str] = []
+    if status.last_error is not None:
+        found.append(f"stopped by an error: {status.last_error}")
+    if not status.checkpoint_in_log:
+        found.append(
+            f"the checkpoint {status.checkpoint} names no event in this log: rebuild it "
+            "(eventstore project rebuild)"
+        )
+    if status.lag_events and status.active_worker_pid is None and status.rebuild_pid is None:
+        waiting = (
+            "1 event waits" if status.lag_events == 1 else f"{status.lag_events:,} events wait"
+        )
+        found.append(f"{waiting} and no worker is active (start one: eventstore project run)")
+    return found

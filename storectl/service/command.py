@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import signal
 import sys
 from typing import Any
@@ -13,10 +12,8 @@ from typing import Any
 import msgspec
 import uvicorn
 
-from eventstore.connection import DSN_ENV
-from eventstore.errors import ValidationError
-from eventstore.settings import Settings
 from eventstore.store import EventStore
+from storectl.cli.common import add_dsn, add_json, cli_settings, dsn
 
 from .app import build_app
 from .keys import ROLES, add_key, list_keys, revoke_key
@@ -24,19 +21,6 @@ from .server import uvicorn_config
 from .settings import ServiceSettings
 
 __all__ = ["add_parser", "run", "run_keys"]
-
-
-def _dsn(args: argparse.Namespace) -> str:
-    dsn: str | None = args.dsn or os.environ.get(DSN_ENV)
-    if not dsn:
-        raise ValidationError(f"no database given: pass --dsn or set {DSN_ENV}", field="dsn")
-    return dsn
-
-
-def _add_dsn(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--dsn", default=None, help=f"PostgreSQL connection string (default: ${DSN_ENV})"
-    )
 
 
 def add_parser(subparsers: Any) -> None:
@@ -87,7 +71,7 @@ def add_parser(subparsers: Any) -> None:
         metavar="S",
         help="on SIGTERM, seconds in-flight calls get to finish",
     )
-    _add_dsn(serve)
+    add_dsn(serve)
     serve.set_defaults(handler=run)
 
     keys = subparsers.add_parser("keys", help="API keys of `serve` (as an operator)")
@@ -96,17 +80,17 @@ def add_parser(subparsers: Any) -> None:
     add.add_argument("name", metavar="NAME")
     add.add_argument("--role", choices=ROLES, required=True)
     listing = actions.add_parser("list", help="every key: name, role, created, revoked")
-    listing.add_argument("--json", action="store_true", help="print JSON lines")
+    add_json(listing)
     revoke = actions.add_parser("revoke", help="revoke a key for good")
     revoke.add_argument("name", metavar="NAME")
     for sub in (add, listing, revoke):
-        _add_dsn(sub)
+        add_dsn(sub)
         sub.set_defaults(handler=run_keys)
 
 
 def settings_from(args: argparse.Namespace) -> ServiceSettings:
     return ServiceSettings(
-        dsn=_dsn(args),
+        dsn=dsn(args),
         host=args.host,
         port=args.port,
         public_url=args.public_url,
@@ -146,9 +130,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def run_keys(args: argparse.Namespace) -> int:
-    with EventStore.open(_dsn(args), Settings.from_env(pool_min_size=1, pool_max_size=1)) as store:
+    with EventStore.open(dsn(args), cli_settings()) as store:
         if args.keys_command == "add":
-            key, secret = add_key(_dsn(args), args.name, args.role)
+            key, secret = add_key(dsn(args), args.name, args.role)
             print(secret)
             print(
                 f"key {key.name!r} ({key.role}) added: the line above is its secret, shown only "
@@ -169,6 +153,6 @@ def run_keys(args: argparse.Namespace) -> int:
                         f"{key.name}\t{key.role}\t{key.created_at:%Y-%m-%d %H:%M:%S%z}\t{revoked}"
                     )
         else:
-            key = revoke_key(_dsn(args), args.name)
+            key = revoke_key(dsn(args), args.name)
             print(f"key {key.name!r} revoked", file=sys.stderr)
     return 0

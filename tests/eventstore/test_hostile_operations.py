@@ -306,7 +306,8 @@ def test_status_as_a_writer_sees_another_roles_open_transaction(database_dsn: st
             assert status.oldest_transaction_seconds >= time.monotonic() - began - 1
         assert status.oldest_transaction_seconds is not None
         assert status.oldest_transaction_seconds > 0
-        proc = run_cli("status", "--json", "--dsn", writer_dsn)
+        # Exit 1 once it is older than EVENTSTORE_STALL_THRESHOLD: not asked here.
+        proc = run_cli("status", "--json", "--dsn", writer_dsn, check=False)
         record = json.loads(proc.stdout)
         assert record["oldest_transaction_pid"] is not None
         assert record["oldest_transaction_seconds"] > 0
