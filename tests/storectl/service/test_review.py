@@ -1,0 +1,69 @@
+"""An outside review of the service, as a user, an operator and an attacker
+would try it: each test here failed before the fix it comes with."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import httpx
+import pytest
+
+ASSISTANT_EVENT = {
+    "id": "review-deep",
+    "symbol": "AAPL",
+    "type": "signal",
+    "time": "2026-12-01T10:30:00Z",
+}
+
+
+def _wrapped(http: httpx.Client, key: str, tool: str, payload: Any) -> httpx.Response:
+    body = json.dumps({"tool": tool, "input": payload}).encode()
+    return http.post(f"/k/{key}/tools", content=body)
+
+
+@pytest.mark.parametrize(
+    ("tool", "payload"),
+    [
+        ("storage.get_trade", {"id": "a\u0000b"}),
+        ("storage.list_trades", {"symbol": "\u0000"}),
+        ("storage.list_trades", {"strategyId": "x\u0000"}),
+        ("store.read_log", {"types": ["\u0000"]}),
+        ("trading.get_positions", {"portfolio_id": "p\u0000"}),
+        ("trading.get_portfolio", {"portfolio_id": "p\u0000"}),
+        ("audit.query", {"type": "\u0000"}),
+        ("audit.query", {"symbol": "\u0000"}),
+    ],
+)
+def test_a_nul_character_in_a_read_is_a_400_not_a_500(
+    http: httpx.Client, keys: dict[str, str], tool: str, payload: dict[str, Any]
+) -> None:
+    """PostgreSQL text cannot hold NUL: the driver refuses the parameter
+    before it is sent. That is the caller's input, not a storage failure."""
+    response = _wrapped(http, keys["admin"], tool, payload)
+    assert response.status_code == 400, response.text
+    assert "NUL" in response.text
+    assert "request id" not in response.text
+
+
+@pytest.mark.parametrize("wrapped", [True, False])
+def test_json_nested_too_deep_is_a_400_not_a_500(
+    http: httpx.Client, keys: dict[str, str], wrapped: bool
+) -> None:
+    """msgspec raises RecursionError past its depth limit: a hostile body
+    (a few KiB of brackets) must not be an internal error."""
+    deep = b"[" * 5000 + b"]" * 5000
+    event = json.dumps(ASSISTANT_EVENT).encode()[:-1] + b', "payload": {"a": ' + deep + b"}}"
+    if wrapped:
+        body = b'{"tool": "storage.save_event", "input": {"event": ' + event + b"}}"
+        response = http.post(f"/k/{keys['writer']}/tools", content=body)
+        assert response.headers["content-type"].startswith("text/plain")
+    else:
+        response = http.post(
+            "/tools/storage.save_event",
+            content=b'{"event": ' + event + b"}",
+            headers={"X-Api-Key": keys["writer"]},
+        )
+        assert "error" in response.json()
+    assert response.status_code == 400, response.text
+    assert "nested" in response.text
