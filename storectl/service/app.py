@@ -305,10 +305,11 @@ async def _call(service: Service, request: Request, *, wrapped: bool) -> Respons
         if wrapped:
             try:
                 call = msgspec.json.decode(body, type=ToolCall)
-            except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+            except (msgspec.ValidationError, msgspec.DecodeError, RecursionError) as exc:
+                why = "JSON nested too deeply" if isinstance(exc, RecursionError) else exc
                 raise _Refusal(
                     400,
-                    one_line(f'invalid request body (expected {{"tool", "input"}}): {exc}'),
+                    one_line(f'invalid request body (expected {{"tool", "input"}}): {why}'),
                     "validation",
                 ) from None
             tool_name, raw = call.tool, bytes(call.input)
