@@ -244,6 +244,17 @@ def _base_url(service: Service, request: Request) -> str:
 async def _authenticate(service: Service, request: Request) -> tuple[str, str]:
     """(key name, role) of the caller; _Refusal 401 otherwise."""
     if service.settings.no_auth:
+        if "origin" in request.headers:
+            # A browser's request (they always send Origin on a POST): any web
+            # page could otherwise call a keyless service on loopback (a
+            # text/plain POST needs no CORS preflight; DNS rebinding makes it
+            # same-origin). Programs (the assistant, UTCP clients) send none.
+            raise _Refusal(
+                403,
+                "a service without keys (--no-auth) refuses requests from a web page "
+                "(they carry an Origin header)",
+                "forbidden",
+            )
         return "-", "admin"
     key = _presented_key(request)
     if not key:

@@ -9,6 +9,9 @@ from typing import Any
 import httpx
 import pytest
 
+from storectl.service import ServiceSettings, build_app
+from storectl.service.server import running
+
 ASSISTANT_EVENT = {
     "id": "review-deep",
     "symbol": "AAPL",
@@ -67,3 +70,29 @@ def test_json_nested_too_deep_is_a_400_not_a_500(
         assert "error" in response.json()
     assert response.status_code == 400, response.text
     assert "nested" in response.text
+
+
+def test_no_auth_refuses_a_request_from_a_web_page(service_dsn: str) -> None:
+    """Without keys, anything that can reach loopback may call the tools:
+    also a web page in the operator's browser (a text/plain POST needs no
+    CORS preflight; DNS rebinding makes the page same-origin). Browsers
+    always send Origin on such a request, non-browser clients do not."""
+    settings = ServiceSettings(dsn=service_dsn, no_auth=True)
+    body = json.dumps({"tool": "storage.list_trades", "input": {"limit": 1}}).encode()
+    with (
+        running(build_app(settings), settings) as url,
+        httpx.Client(base_url=url, timeout=30) as client,
+    ):
+        plain = client.post("/tools", content=body)
+        assert plain.status_code == 200, plain.text
+        for origin in ("https://evil.example", "http://127.0.0.1:1234", "null"):
+            page = client.post(
+                "/tools", content=body, headers={"Origin": origin, "Content-Type": "text/plain"}
+            )
+            assert page.status_code == 403, page.text
+            assert "web page" in page.text
+            single = client.post(
+                "/tools/storage.list_trades", content=b"{}", headers={"Origin": origin}
+            )
+            assert single.status_code == 403
+            assert "error" in single.json()
