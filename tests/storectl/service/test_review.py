@@ -4,6 +4,9 @@ would try it: each test here failed before the fix it comes with."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -96,3 +99,38 @@ def test_no_auth_refuses_a_request_from_a_web_page(service_dsn: str) -> None:
             )
             assert single.status_code == 403
             assert "error" in single.json()
+
+
+@pytest.mark.parametrize("problem", ["missing", "swapped"])
+def test_serve_with_unusable_tls_files_fails_with_one_line(tmp_path: Path, problem: str) -> None:
+    """An operator's mistake in --tls-cert/--tls-key is an error message
+    naming the files, not a traceback out of uvicorn's startup."""
+    if problem == "missing":
+        cert, key = tmp_path / "nope.pem", tmp_path / "nope.key"
+    else:  # a certificate where the key should be, and the other way round
+        cert, key = tmp_path / "key.pem", tmp_path / "cert.pem"
+        cert.write_text("-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n")
+        key.write_text("not a certificate\n")
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "storectl",
+            "serve",
+            "--port",
+            "0",
+            "--tls-cert",
+            str(cert),
+            "--tls-key",
+            str(key),
+            "--dsn",
+            "postgresql://nobody@127.0.0.1:1/none",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode != 0
+    assert "Traceback" not in proc.stderr, proc.stderr
+    assert str(cert) in proc.stderr
