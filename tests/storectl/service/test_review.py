@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -134,3 +135,41 @@ def test_serve_with_unusable_tls_files_fails_with_one_line(tmp_path: Path, probl
     assert proc.returncode != 0
     assert "Traceback" not in proc.stderr, proc.stderr
     assert str(cert) in proc.stderr
+
+
+def test_a_setups_revisions_come_in_pages_under_the_reply_limit(
+    http: httpx.Client, keys: dict[str, str]
+) -> None:
+    """The assistant's client reads at most 1 MiB of a reply: a setup with
+    many large revisions (notes of 2000 characters that JSON escapes to six
+    bytes each) is answered in pages, each under the limit, none lost."""
+    setup_id = f"review-revisions-{uuid.uuid4().hex[:8]}"
+    trade = {
+        "id": setup_id,
+        "symbol": "REV",
+        "direction": "long",
+        "entry": 10.0,
+        "stop": 9.0,
+        "targets": [11.0] * 32,
+        "strategyId": "review",
+        "notes": "\u0001" * 2000,
+        "createdAt": "0001-01-01T00:00:00Z",
+    }
+    saves = 100
+    for stop in range(saves):
+        saved = _wrapped(
+            http, keys["writer"], "storage.save_trade", {"trade": {**trade, "stop": stop}}
+        )
+        assert saved.status_code == 200, saved.text
+    seen: list[int] = []
+    page_input: dict[str, Any] = {"id": setup_id}
+    for _ in range(saves):
+        response = _wrapped(http, keys["reader"], "storage.list_trade_revisions", page_input)
+        assert response.status_code == 200, response.text
+        assert len(response.content) < 1024 * 1024
+        output = response.json()["output"]
+        seen += [revision["revision"] for revision in output["revisions"]]
+        if output.get("next") is None:
+            break
+        page_input = {"id": setup_id, "afterRevision": output["next"]}
+    assert seen == list(range(1, saves + 1))
