@@ -32,6 +32,7 @@ import contextlib
 import datetime as dt
 import json
 import logging
+import re
 import threading
 import time
 import uuid
@@ -42,6 +43,7 @@ import anyio
 import anyio.to_thread
 import msgspec
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -500,7 +502,22 @@ def build_app(settings: ServiceSettings, *, store: EventStore | None = None) -> 
         finally:
             await anyio.to_thread.run_sync(service.close)
 
+    async def http_error(request: Request, exc: Exception) -> Response:
+        """The router's own 404 and 405: JSON {"error"} under /tools/ (the
+        manual's tool routes), one plain-text line elsewhere."""
+        assert isinstance(exc, HTTPException)
+        what = {404: "no such route", 405: "method not allowed"}.get(
+            exc.status_code, one_line(str(exc.detail))
+        )
+        path = re.sub(r"^/k/[^/]*", "/k/***", request.url.path)  # never echo a key
+        message = one_line(f"{request.method} {path}: {what}")
+        headers = dict(exc.headers or {})
+        if request.url.path.startswith("/tools/"):
+            return Response(_encode({"error": message}), exc.status_code, headers, media_type=JSON)
+        return Response(message + "\n", exc.status_code, headers, media_type=TEXT)
+
     app = Starlette(
+        exception_handlers={HTTPException: http_error},
         routes=[
             Route("/tools", tools, methods=["POST"]),
             Route("/k/{key}/tools", tools, methods=["POST"]),

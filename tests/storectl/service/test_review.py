@@ -173,3 +173,26 @@ def test_a_setups_revisions_come_in_pages_under_the_reply_limit(
             break
         page_input = {"id": setup_id, "afterRevision": output["next"]}
     assert seen == list(range(1, saves + 1))
+
+
+def test_a_per_tool_route_answers_a_wrong_method_or_path_in_json(
+    http: httpx.Client, keys: dict[str, str]
+) -> None:
+    """The manual's tool routes answer errors as JSON {"error"}: also the
+    router's own 404 and 405, not Starlette's plain "Not Found"."""
+    headers = {"X-Api-Key": keys["reader"]}
+    wrong_method = http.get("/tools/storage.get_trade", headers=headers)
+    assert wrong_method.status_code == 405
+    assert wrong_method.headers["allow"] == "POST"
+    assert wrong_method.json() == {"error": "GET /tools/storage.get_trade: method not allowed"}
+    wrong_path = http.post("/tools/storage.get_trade/x", content=b"{}", headers=headers)
+    assert wrong_path.status_code == 404
+    assert wrong_path.json() == {"error": "POST /tools/storage.get_trade/x: no such route"}
+    # /tools itself (the assistant's transport) answers one plain-text line
+    plain = http.get("/tools")
+    assert plain.status_code == 405
+    assert plain.headers["content-type"].startswith("text/plain")
+    assert plain.text == "GET /tools: method not allowed\n"
+    with_key = http.get(f"/k/{keys['reader']}/tools")
+    assert with_key.status_code == 405
+    assert keys["reader"] not in with_key.text
