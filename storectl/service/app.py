@@ -186,6 +186,10 @@ class Service:
 # -- helpers -------------------------------------------------------------------------
 
 
+def _article(word: str) -> str:
+    return "an" if word[:1] in "aeiou" else "a"
+
+
 def _request_id() -> str:
     return uuid.uuid4().hex[:16]
 
@@ -333,7 +337,10 @@ async def _call(service: Service, request: Request, *, wrapped: bool) -> Respons
             raise _Refusal(404, one_line(f"unknown tool {tool_name!r}"), "not_found")
         if not at_least(role, tool.role):
             raise _Refusal(
-                403, f"{tool.name}: needs a {tool.role} key (this key is a {role})", "forbidden"
+                403,
+                f"{tool.name}: needs {_article(tool.role)} {tool.role} key "
+                f"(this key is {_article(role)} {role})",
+                "forbidden",
             )
         if raw.strip() in (b"", b"null") and not wrapped:
             raw = b"{}"

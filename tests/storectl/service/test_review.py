@@ -196,3 +196,9 @@ def test_a_per_tool_route_answers_a_wrong_method_or_path_in_json(
     with_key = http.get(f"/k/{keys['reader']}/tools")
     assert with_key.status_code == 405
     assert keys["reader"] not in with_key.text
+
+
+def test_the_403_for_an_admin_tool_reads_well(http: httpx.Client, keys: dict[str, str]) -> None:
+    response = _wrapped(http, keys["writer"], "store.verify", {})
+    assert response.status_code == 403
+    assert response.text == "store.verify: needs an admin key (this key is a writer)\n"
