@@ -149,7 +149,9 @@ def map_error(
         return ValidationError(message, **ctx)
     if state == "UT005":
         return IdempotencyConflict(message, **ctx)
-    if (state or "").startswith("22"):
+    if (state or "").startswith("22") or isinstance(exc, psycopg.DataError):
+        # psycopg.DataError without a sqlstate: refused by the driver before
+        # it was sent (a NUL character in a text parameter): the caller's input
         return ValidationError(message, **ctx)
     if state == "42501":
         return StorageError(f"permission denied: {message}", **ctx)

@@ -271,6 +271,7 @@ SELECT {store_sql.EVENT_COLUMNS} FROM utcp.stored_events
 REVISIONS: Final = f"""
 SELECT {store_sql.EVENT_COLUMNS} FROM utcp.stored_events
  WHERE stream_id = %s AND type = 'TradeSetupRevised'
+   AND (data ->> 'revision')::bigint > %s
  ORDER BY stream_version LIMIT %s"""
 _LIST: Final = """
 SELECT {columns} FROM utcp.stored_events e
@@ -460,10 +461,15 @@ class SetupStore:
         event = self.get_event(data.trade.event_id) if data.trade.event_id else None
         return SetupView(trade=data.trade, risk=data.risk, event=event)
 
-    def revisions(self, setup_id: str, limit: int = MAX_LIST_LIMIT) -> list[SetupRevision]:
-        """The setup's revisions, oldest first (empty: no such setup)."""
+    def revisions(
+        self, setup_id: str, limit: int = MAX_LIST_LIMIT, after: int = 0
+    ) -> list[SetupRevision]:
+        """The setup's revisions after revision ``after``, oldest first
+        (empty: no such setup, or none after ``after``)."""
         rows = self.store.query(
-            "storage.list_trade_revisions", REVISIONS, (setup_stream(setup_id), limit)
+            "storage.list_trade_revisions",
+            REVISIONS,
+            (setup_stream(setup_id), max(after, 0), limit),
         )
         out = []
         for row in rows:

@@ -32,6 +32,7 @@ import contextlib
 import datetime as dt
 import json
 import logging
+import re
 import threading
 import time
 import uuid
@@ -42,6 +43,7 @@ import anyio
 import anyio.to_thread
 import msgspec
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -184,6 +186,10 @@ class Service:
 # -- helpers -------------------------------------------------------------------------
 
 
+def _article(word: str) -> str:
+    return "an" if word[:1] in "aeiou" else "a"
+
+
 def _request_id() -> str:
     return uuid.uuid4().hex[:16]
 
@@ -244,6 +250,17 @@ def _base_url(service: Service, request: Request) -> str:
 async def _authenticate(service: Service, request: Request) -> tuple[str, str]:
     """(key name, role) of the caller; _Refusal 401 otherwise."""
     if service.settings.no_auth:
+        if "origin" in request.headers:
+            # A browser's request (they always send Origin on a POST): any web
+            # page could otherwise call a keyless service on loopback (a
+            # text/plain POST needs no CORS preflight; DNS rebinding makes it
+            # same-origin). Programs (the assistant, UTCP clients) send none.
+            raise _Refusal(
+                403,
+                "a service without keys (--no-auth) refuses requests from a web page "
+                "(they carry an Origin header)",
+                "forbidden",
+            )
         return "-", "admin"
     key = _presented_key(request)
     if not key:
@@ -305,10 +322,11 @@ async def _call(service: Service, request: Request, *, wrapped: bool) -> Respons
         if wrapped:
             try:
                 call = msgspec.json.decode(body, type=ToolCall)
-            except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+            except (msgspec.ValidationError, msgspec.DecodeError, RecursionError) as exc:
+                why = "JSON nested too deeply" if isinstance(exc, RecursionError) else exc
                 raise _Refusal(
                     400,
-                    one_line(f'invalid request body (expected {{"tool", "input"}}): {exc}'),
+                    one_line(f'invalid request body (expected {{"tool", "input"}}): {why}'),
                     "validation",
                 ) from None
             tool_name, raw = call.tool, bytes(call.input)
@@ -319,7 +337,10 @@ async def _call(service: Service, request: Request, *, wrapped: bool) -> Respons
             raise _Refusal(404, one_line(f"unknown tool {tool_name!r}"), "not_found")
         if not at_least(role, tool.role):
             raise _Refusal(
-                403, f"{tool.name}: needs a {tool.role} key (this key is a {role})", "forbidden"
+                403,
+                f"{tool.name}: needs {_article(tool.role)} {tool.role} key "
+                f"(this key is {_article(role)} {role})",
+                "forbidden",
             )
         if raw.strip() in (b"", b"null") and not wrapped:
             raw = b"{}"
@@ -488,7 +509,22 @@ def build_app(settings: ServiceSettings, *, store: EventStore | None = None) -> 
         finally:
             await anyio.to_thread.run_sync(service.close)
 
+    async def http_error(request: Request, exc: Exception) -> Response:
+        """The router's own 404 and 405: JSON {"error"} under /tools/ (the
+        manual's tool routes), one plain-text line elsewhere."""
+        assert isinstance(exc, HTTPException)
+        what = {404: "no such route", 405: "method not allowed"}.get(
+            exc.status_code, one_line(str(exc.detail))
+        )
+        path = re.sub(r"^/k/[^/]*", "/k/***", request.url.path)  # never echo a key
+        message = one_line(f"{request.method} {path}: {what}")
+        headers = dict(exc.headers or {})
+        if request.url.path.startswith("/tools/"):
+            return Response(_encode({"error": message}), exc.status_code, headers, media_type=JSON)
+        return Response(message + "\n", exc.status_code, headers, media_type=TEXT)
+
     app = Starlette(
+        exception_handlers={HTTPException: http_error},
         routes=[
             Route("/tools", tools, methods=["POST"]),
             Route("/k/{key}/tools", tools, methods=["POST"]),

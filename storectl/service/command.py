@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import logging
 import signal
+import ssl
 import sys
 from typing import Any
 
@@ -107,9 +108,29 @@ def settings_from(args: argparse.Namespace) -> ServiceSettings:
     )
 
 
+def check_tls(settings: ServiceSettings) -> None:
+    """ValidationError naming the files when the certificate and key cannot
+    be loaded (before uvicorn tries, which fails with a traceback)."""
+    if settings.tls_certfile is None or settings.tls_keyfile is None:
+        return
+    try:
+        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(
+            settings.tls_certfile, settings.tls_keyfile
+        )
+    except (OSError, ssl.SSLError) as exc:
+        raise ValidationError(
+            f"cannot load the TLS certificate {settings.tls_certfile!r} with its key "
+            f"{settings.tls_keyfile!r}: {exc} (both PEM files, readable, the key matching "
+            "the certificate)",
+            field="tls_certfile",
+            operation="serve",
+        ) from exc
+
+
 def run(args: argparse.Namespace) -> int:
     """``eventstore serve``: run until SIGTERM or SIGINT (in-flight calls finish)."""
     settings = settings_from(args)
+    check_tls(settings)
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(message)s"))
     access = logging.getLogger("storectl.service.access")

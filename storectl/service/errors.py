@@ -54,6 +54,9 @@ def answer_for(exc: BaseException, tool: str, request_id: str) -> Answer:
         return Answer(exc.status, one_line(exc.message), outcome)
     if isinstance(exc, msgspec.ValidationError | msgspec.DecodeError):
         return Answer(400, one_line(f"{tool}: invalid input: {exc}"), "validation")
+    if isinstance(exc, RecursionError):
+        # msgspec's decoder past its depth limit: a hostile or broken body
+        return Answer(400, f"{tool}: invalid input: JSON nested too deeply", "validation")
     if isinstance(exc, ValidationError):
         text = exc.message if exc.message.startswith(tool) else f"{tool}: {exc}"
         return Answer(400, one_line(text), "validation")

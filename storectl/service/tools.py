@@ -28,6 +28,7 @@ from projections.status import projection_status
 from trading.adapter import StorageAdapter
 from trading.events import CashDeposited, CashWithdrawn, PortfolioOpened, Trade, TradeCancelled
 from trading.setups import (
+    MAX_LIST_LIMIT,
     AssistantEvent,
     SetupRevision,
     SetupRisk,
@@ -112,8 +113,16 @@ class ListTradesOutput(msgspec.Struct):
     trades: list[SetupView]
 
 
+class RevisionsInput(msgspec.Struct, rename="camel"):
+    id: str
+    #: The next page: the previous page's ``next``; 0, the first revision on.
+    after_revision: Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)] = 0
+
+
 class RevisionsOutput(msgspec.Struct):
     revisions: list[SetupRevision]
+    #: Pass as ``afterRevision`` for the next page; null: this page is the last.
+    next: int | None = None
 
 
 def _blank(value: str, tool: str, field: str) -> None:
@@ -148,12 +157,21 @@ def list_trades(ctx: ToolContext, body: ListTradesInput) -> ListTradesOutput:
     return ListTradesOutput(kept)
 
 
-def list_trade_revisions(ctx: ToolContext, body: GetTradeInput) -> RevisionsOutput:
+def list_trade_revisions(ctx: ToolContext, body: RevisionsInput) -> RevisionsOutput:
     _blank(body.id, "storage.list_trade_revisions", "id")
-    revisions = ctx.setups.revisions(body.id)
-    if not revisions:
+    page = MAX_LIST_LIMIT
+    revisions = ctx.setups.revisions(body.id, page + 1, body.after_revision)
+    if not revisions and body.after_revision == 0:
         raise ToolError(404, f"storage.list_trade_revisions: trade {body.id!r} not found")
-    return RevisionsOutput(revisions)
+    kept: list[SetupRevision] = []
+    size = 0
+    for revision in revisions[:page]:
+        size += len(_encode(revision)) + 1
+        if size > REPLY_BUDGET and kept:
+            break
+        kept.append(revision)
+    more = len(kept) < len(revisions)
+    return RevisionsOutput(kept, kept[-1].revision if more else None)
 
 
 # -- the store's own tools -------------------------------------------------------
@@ -485,10 +503,11 @@ TOOLS: Final[dict[str, Tool]] = {
         Tool(
             "storage.list_trade_revisions",
             "Every recorded revision of one trade setup, oldest first, with when each was "
-            "recorded: how a setup changed over time.",
+            "recorded: how a setup changed over time. In pages (at most 500 revisions, and "
+            "under 512 KiB): pass a page's next as afterRevision for the next one.",
             ("storage", "assistant", "read", "setups", "history"),
             "reader",
-            GetTradeInput,
+            RevisionsInput,
             RevisionsOutput,
             list_trade_revisions,
         ),
