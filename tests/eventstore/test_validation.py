@@ -367,20 +367,6 @@ def test_bad_idempotency_key_is_refused(
     refused(admin, lambda: store.append(stream, ev({}), idempotency_key=key), "idempotency_key")
 
 
-def test_one_bad_event_anywhere_in_a_batch_writes_nothing(
-    store: EventStore, admin: psycopg.Connection[Any], stream: str
-) -> None:
-    store.append(stream, ev({"n": 0}))
-    batch = [NewEvent("Step", {"n": i}) for i in range(1, 8)]
-    batch[6] = NewEvent("Step", {"n": 6, "bad": "\x00"})
-    refused(
-        admin,
-        lambda: store.append(stream, batch, idempotency_key=uuid.uuid4().hex),
-        "events[6].data.bad",
-    )
-    assert store.stream_version(stream) == 1
-
-
 # -- limits -------------------------------------------------------------------
 
 
