@@ -32,7 +32,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import psycopg
@@ -49,19 +49,11 @@ from eventstore import (
 )
 from eventstore.watchdog import DeadlineExceeded
 from projections.runner import ProjectionRunner
+from tests.support.database import WAIT, wait_until
 
 #: A generous bound for things that take well under a second.
-WAIT = 60.0
 #: Slack on top of a documented bound (scheduling on a busy 2-core machine).
 MARGIN = 5.0
-
-
-def wait_until(check: Callable[[], bool], what: str, timeout: float = WAIT) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
-        time.sleep(0.05)
 
 
 class Proxy:
@@ -393,6 +385,7 @@ FREEZING_WORKER = """
 import os, signal, sys, threading
 from eventstore import EventStore
 from projections.runner import ProjectionRunner
+from tests.support.database import WAIT, wait_until
 
 class Freezing:
     name = "freezing"

@@ -27,20 +27,12 @@ from eventstore import (
     StorageUnavailable,
     ValidationError,
 )
+from tests.support.database import log_counts as counts
 from trading import AuditEvent, StorageAdapter, Trade
 
 SMALL_EVENT_BYTES = 1000
 SMALL_BATCH = 5
 NOW = dt.datetime(2024, 6, 3, 14, 30, tzinfo=dt.UTC)
-
-
-def counts(admin: psycopg.Connection[Any]) -> tuple[int, int]:
-    row = admin.execute(
-        "SELECT (SELECT count(*) FROM utcp.stored_events),"
-        " (SELECT count(*) FROM utcp.idempotency_keys)"
-    ).fetchone()
-    assert row is not None
-    return int(row[0]), int(row[1])
 
 
 @pytest.fixture(scope="module")

@@ -19,23 +19,23 @@ from eventstore import EventStore, Settings
 from projections import ProjectionRunner
 from projections.status import projection_status
 from storectl.cli import ProgressDisplay, progress_line
-from tests.projections.test_workers import (
+from tests.support.database import (
     WAIT,
-    TradingDesk,
-    Writer,
-    count_events,
-    fresh_database,
+    deployed_database,
+    event_rows,
     one_value,
-    stop_worker,
+    run_cli,
     wait_until,
 )
-from tests.support.database import run_cli
+from tests.support.horizon import wait_for_horizon
+from tests.support.trading_desk import DeskWriter, TradingDesk, stop_worker
 from trading import StorageAdapter
 
 
 @pytest.fixture(scope="module")
 def dsn() -> Iterator[str]:
-    yield from fresh_database("utcp_project_cli")
+    with deployed_database("utcp_project_cli") as d:
+        yield d
 
 
 @pytest.fixture(scope="module")
@@ -45,10 +45,11 @@ def store(dsn: str) -> Iterator[EventStore]:
 
 
 @pytest.fixture(scope="module")
-def desk(store: EventStore) -> TradingDesk:
+def desk(store: EventStore, dsn: str) -> TradingDesk:
     desk = TradingDesk(StorageAdapter(store), portfolios=2, seed=21)
     for _ in range(120):
         desk.step()
+    wait_for_horizon(dsn)  # every event readable: the counts below are exact
     return desk
 
 
@@ -143,13 +144,17 @@ def test_catch_up_ends_while_writers_keep_appending(
     """A catch-up applies what was committed when it started and exits,
     however fast writers append meanwhile (one event per batch here, slower
     than the writers)."""
-    writers = [Writer(desk), Writer(TradingDesk(StorageAdapter(store), portfolios=1, seed=22))]
+    writers = [
+        DeskWriter(desk),
+        DeskWriter(TradingDesk(StorageAdapter(store), portfolios=1, seed=22)),
+    ]
     for writer in writers:
         writer.start()
     try:
         wait_until(lambda: all(w.desk.events > 20 for w in writers), "the writers to append")
         # Readable, not only committed (a transaction elsewhere in the
-        # cluster can hold the readers' horizon back for a moment).
+        # cluster can hold the readers' horizon back for a while).
+        wait_for_horizon(dsn)
         wait_until(lambda: projection_status(store).lag_events > 0, "new events to be readable")
         proc = run_cli("project", "catch-up", "--batch-size", "1", "--dsn", dsn, timeout=WAIT)
     finally:
@@ -159,7 +164,8 @@ def test_catch_up_ends_while_writers_keep_appending(
     checkpoint = proc.stdout.split()[-1]
     assert applied > 0
     assert projection_status(store).checkpoint == checkpoint
-    assert count_events(dsn, through=checkpoint) == projection_status(store).events_processed
+    assert event_rows(dsn, through=checkpoint) == projection_status(store).events_processed
+    wait_for_horizon(dsn)  # what the writers appended last is readable
     again = run_cli("project", "catch-up", "--dsn", dsn)
     assert again.stdout.startswith("caught up: ")
     assert projection_status(store).lag_events == 0
@@ -213,6 +219,7 @@ def test_run_applies_new_events_and_stops_on_sigterm(
         wait_until(lambda: projection_status(store).active_worker_pid is not None, "the worker")
         before = projection_status(store).events_processed
         desk.step()
+        wait_for_horizon(dsn)
         wait_until(lambda: projection_status(store).events_processed == before + 1, "the event")
         assert projection_status(store).lag_events == 0
     finally:
@@ -305,6 +312,7 @@ def test_rebuild_help_says_what_happens_to_differences() -> None:
 def test_status_shows_events_waiting_behind_an_open_transaction(
     dsn: str, store: EventStore, desk: TradingDesk
 ) -> None:
+    wait_for_horizon(dsn)
     run_cli("project", "catch-up", "--dsn", dsn)
     with psycopg.connect(dsn) as older:  # a transaction with an id, left open
         older.execute("SELECT pg_current_xact_id()").fetchone()
@@ -315,5 +323,6 @@ def test_status_shows_events_waiting_behind_an_open_transaction(
         human = run_cli("project", "status", "--dsn", dsn).stdout
         assert "waiting:           1 committed events behind an open transaction" in human
         older.rollback()
+    wait_for_horizon(dsn)  # ours ended; another session's may still run
     _, after = status_json(dsn)
     assert (after["lag_events"], after["waiting_events"]) == (1, 0)

@@ -151,17 +151,26 @@ def event_rows(
     *,
     stream_ids: Sequence[str] | None = None,
     event_ids: Sequence[uuid.UUID] | None = None,
+    through: str | None = None,
+    type: str | None = None,
 ) -> int:
-    """Stored events of these streams and/or with these ids (all when neither)."""
+    """Stored events (all of them, or only: of these streams, with these
+    ids, up to and including checkpoint ``through``, of one ``type``)."""
+    tx, pos = (through or "18446744073709551615/9223372036854775807").split("/")
     return int(
         one_value(
             dsn,
             "SELECT count(*) FROM utcp.stored_events"
             " WHERE (%(streams)s::text[] IS NULL OR stream_id = ANY(%(streams)s))"
-            "   AND (%(ids)s::uuid[] IS NULL OR event_id = ANY(%(ids)s))",
+            "   AND (%(ids)s::uuid[] IS NULL OR event_id = ANY(%(ids)s))"
+            "   AND (tx_id, position) <= (%(tx)s::xid8, %(pos)s)"
+            "   AND (%(type)s::text IS NULL OR type = %(type)s)",
             {
                 "streams": None if stream_ids is None else list(stream_ids),
                 "ids": None if event_ids is None else list(event_ids),
+                "tx": tx,
+                "pos": int(pos),
+                "type": type,
             },
         )
     )
