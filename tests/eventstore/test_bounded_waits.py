@@ -50,6 +50,8 @@ from eventstore import (
 from eventstore.watchdog import DeadlineExceeded
 from projections.runner import ProjectionRunner
 from tests.support.database import WAIT, wait_until
+from tests.support.horizon import wait_for_horizon
+from tests.support.threads import line_queue
 
 #: A generous bound for things that take well under a second.
 #: Slack on top of a documented bound (scheduling on a busy 2-core machine).
@@ -386,6 +388,8 @@ import os, signal, sys, threading
 from eventstore import EventStore
 from projections.runner import ProjectionRunner
 from tests.support.database import WAIT, wait_until
+from tests.support.horizon import wait_for_horizon
+from tests.support.threads import line_queue
 
 class Freezing:
     name = "freezing"
@@ -426,14 +430,7 @@ def test_a_frozen_worker_cannot_hold_the_readers_back_for_long(
         env=env,
     )
     try:
-        lines: queue.Queue[str] = queue.Queue()
-
-        def pump() -> None:
-            assert proc.stdout is not None
-            for line in proc.stdout:
-                lines.put(line)
-
-        threading.Thread(target=pump, daemon=True).start()
+        lines = line_queue(proc.stdout)
         try:
             assert lines.get(timeout=WAIT).strip() == "frozen"
         except queue.Empty:
@@ -452,9 +449,10 @@ def test_a_frozen_worker_cannot_hold_the_readers_back_for_long(
             return any(e.stream_id == stream and e.stream_version == 2 for e in page)
 
         # The server ends the worker's session after idle_timeout: the
-        # horizon moves. (Other sessions on the shared server can delay it
-        # a little: a generous bound.)
-        wait_until(visible, "the horizon to move past the frozen worker", timeout=WAIT)
+        # horizon moves. (Other sessions on the shared server can delay it:
+        # a generous bound, naming whoever holds it.)
+        wait_for_horizon(database_dsn)
+        assert visible(), "the horizon moved past the frozen worker, the event stayed hidden"
         with psycopg.connect(database_dsn, autocommit=True) as admin:
             rows = admin.execute(
                 "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s",

@@ -1,7 +1,7 @@
-"""Crashes in the middle of an append, and what the retries do about them
-(DESIGN.md §2, invariants 2 and 8).
+"""Crashes in the middle of an append, and what the direct writer's retries
+do about them (DESIGN.md §2, invariants 2 and 8).
 
-Two ways to break an append:
+Two ways to break an append (both in tests/support/faults.py):
 
 * for real: a test-only trigger makes the insert of an event whose data has
   ``"slow": true`` sleep for a second, and another connection kills the
@@ -11,8 +11,10 @@ Two ways to break an append:
   like) before the statement is sent, or after it ran and committed — the
   reply lost on the way back.
 
-Either way the call must succeed exactly once, and integrity errors must
-never be retried.
+Either way the direct writer's call must succeed exactly once (it retries),
+and integrity errors must never be retried. What every writer owes a caller
+whose connection is killed (success exactly once, or AppendOutcomeUnknown)
+is the contract suite's: tests/contract/test_killed_connection.py.
 """
 
 from __future__ import annotations

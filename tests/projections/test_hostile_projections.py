@@ -35,7 +35,6 @@ from projections.runner import ProjectionRunner
 from projections.status import projection_status
 from tests.support.database import (
     WAIT,
-    deployed_database,
     login_role,
     one_value,
     run_cli,
@@ -48,13 +47,6 @@ from trading.events import CashDeposited, PortfolioOpened, ProjectionEventSkippe
 #: The advisory-lock keys of the code before the lease: class "UTCP".
 OLD_LOCK_CLASS = 0x55544350 & 0x7FFFFFFF
 RUN = (sys.executable, "-m", "storectl", "project", "run", "--poll-interval", "0.2")
-
-
-@pytest.fixture(scope="module")
-def dsn() -> Iterator[str]:
-    """A database of its own (superuser DSN)."""
-    with deployed_database("utcp_hostile_proj") as d:
-        yield d
 
 
 @pytest.fixture(scope="module")

@@ -35,12 +35,6 @@ from trading.events import CashDeposited, PortfolioOpened
 
 
 @pytest.fixture(scope="module")
-def dsn() -> Iterator[str]:
-    with deployed_database("utcp_workers") as d:
-        yield d
-
-
-@pytest.fixture(scope="module")
 def store(dsn: str) -> Iterator[EventStore]:
     with EventStore.open(dsn, Settings(pool_min_size=1, pool_max_size=8)) as s:
         yield s

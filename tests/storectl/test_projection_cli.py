@@ -21,7 +21,6 @@ from projections.status import projection_status
 from storectl.cli import ProgressDisplay, progress_line
 from tests.support.database import (
     WAIT,
-    deployed_database,
     event_rows,
     one_value,
     run_cli,
@@ -30,12 +29,6 @@ from tests.support.database import (
 from tests.support.horizon import wait_for_horizon
 from tests.support.trading_desk import DeskWriter, TradingDesk, stop_worker
 from trading import StorageAdapter
-
-
-@pytest.fixture(scope="module")
-def dsn() -> Iterator[str]:
-    with deployed_database("utcp_project_cli") as d:
-        yield d
 
 
 @pytest.fixture(scope="module")

@@ -214,6 +214,16 @@ def database_dsn() -> Iterator[str]:
         yield dsn
 
 
+@pytest.fixture(scope="module")
+def dsn(request: pytest.FixtureRequest) -> Iterator[str]:
+    """A database of the test module's own (superuser DSN), named after the
+    module, dropped after it: for modules that read the whole log, stop a
+    projection for good or hold its locks."""
+    module = request.module.__name__.rsplit(".", 1)[-1].removeprefix("test_")
+    with deployed_database(f"utcp_{module}"[:40]) as own:
+        yield own
+
+
 @contextmanager
 def login_role(dsn: str, *groups: str, own_schema: bool = False) -> Iterator[str]:
     """A fresh login role, uniquely named, member of ``groups``, optionally

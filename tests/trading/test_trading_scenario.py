@@ -23,7 +23,6 @@ from psycopg.rows import dict_row
 from eventstore import AppendResult, EventStore, Settings
 from projections.queries import get_portfolio, get_positions
 from projections.runner import ProjectionRunner
-from tests.support.database import deployed_database
 from tests.support.horizon import wait_for_horizon
 from trading import AuditEvent, StorageAdapter, Trade
 from trading.events import CashDeposited, CashWithdrawn, PortfolioOpened, TradeCancelled
@@ -142,12 +141,6 @@ def doc_table() -> list[Expected]:
     table = [Expected([c.strip() for c in row.strip().strip("|").split("|")]) for row in rows]
     assert [r.step for r in table] == sorted(STEPS), "the doc's steps are not the test's steps"
     return table
-
-
-@pytest.fixture(scope="module")
-def dsn() -> Iterator[str]:
-    with deployed_database("utcp_scenario") as dsn:
-        yield dsn
 
 
 @pytest.fixture(scope="module")
