@@ -13,6 +13,7 @@ from typing import Any
 import msgspec
 import uvicorn
 
+from eventstore import ValidationError
 from eventstore.store import EventStore
 from storectl.cli.common import add_dsn, add_json, cli_settings, dsn
 

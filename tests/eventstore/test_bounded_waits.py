@@ -32,7 +32,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import psycopg
@@ -49,19 +49,13 @@ from eventstore import (
 )
 from eventstore.watchdog import DeadlineExceeded
 from projections.runner import ProjectionRunner
+from tests.support.database import WAIT, wait_until
+from tests.support.horizon import wait_for_horizon
+from tests.support.threads import line_queue
 
 #: A generous bound for things that take well under a second.
-WAIT = 60.0
 #: Slack on top of a documented bound (scheduling on a busy 2-core machine).
 MARGIN = 5.0
-
-
-def wait_until(check: Callable[[], bool], what: str, timeout: float = WAIT) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
-        time.sleep(0.05)
 
 
 class Proxy:
@@ -393,6 +387,9 @@ FREEZING_WORKER = """
 import os, signal, sys, threading
 from eventstore import EventStore
 from projections.runner import ProjectionRunner
+from tests.support.database import WAIT, wait_until
+from tests.support.horizon import wait_for_horizon
+from tests.support.threads import line_queue
 
 class Freezing:
     name = "freezing"
@@ -433,14 +430,7 @@ def test_a_frozen_worker_cannot_hold_the_readers_back_for_long(
         env=env,
     )
     try:
-        lines: queue.Queue[str] = queue.Queue()
-
-        def pump() -> None:
-            assert proc.stdout is not None
-            for line in proc.stdout:
-                lines.put(line)
-
-        threading.Thread(target=pump, daemon=True).start()
+        lines = line_queue(proc.stdout)
         try:
             assert lines.get(timeout=WAIT).strip() == "frozen"
         except queue.Empty:
@@ -459,9 +449,10 @@ def test_a_frozen_worker_cannot_hold_the_readers_back_for_long(
             return any(e.stream_id == stream and e.stream_version == 2 for e in page)
 
         # The server ends the worker's session after idle_timeout: the
-        # horizon moves. (Other sessions on the shared server can delay it
-        # a little: a generous bound.)
-        wait_until(visible, "the horizon to move past the frozen worker", timeout=WAIT)
+        # horizon moves. (Other sessions on the shared server can delay it:
+        # a generous bound, naming whoever holds it.)
+        wait_for_horizon(database_dsn)
+        assert visible(), "the horizon moved past the frozen worker, the event stayed hidden"
         with psycopg.connect(database_dsn, autocommit=True) as admin:
             rows = admin.execute(
                 "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s",

@@ -5,7 +5,6 @@ that readers survive"). Normal checkpoints page as before."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 
 import psycopg
@@ -19,24 +18,20 @@ from eventstore import (
     Settings,
     StoredEvent,
 )
-from tests.support.database import deployed_database, run_cli
-
-HORIZON_WAIT = 60.0
+from tests.support.database import run_cli
+from tests.support.horizon import wait_for_horizon
 
 
 def read_until(store: EventStore, after: str | None, count: int) -> list[StoredEvent]:
-    """Page (2 at a time) until ``count`` events after ``after`` are seen; a
-    transaction elsewhere in the cluster can hold them back for a moment."""
+    """Page (2 at a time) through up to ``count`` events after ``after``,
+    once the readers' horizon has passed every committed write (a
+    transaction elsewhere on the shared server can hold it back)."""
+    wait_for_horizon(store)
     seen: list[StoredEvent] = []
     checkpoint = after
-    deadline = time.monotonic() + HORIZON_WAIT
-    while len(seen) < count and time.monotonic() < deadline:
-        page = store.read_all(after=checkpoint, limit=2)
-        if page:
-            seen.extend(page)
-            checkpoint = page[-1].checkpoint
-        else:
-            time.sleep(0.05)
+    while len(seen) < count and (page := store.read_all(after=checkpoint, limit=2)):
+        seen.extend(page)
+        checkpoint = page[-1].checkpoint
     return seen
 
 
@@ -49,15 +44,8 @@ def read_everything(store: EventStore, dsn: str) -> list[StoredEvent]:
 
 
 @pytest.fixture(scope="module")
-def own_db() -> Iterator[str]:
-    """A database of its own: the tests read the whole log and delete from it."""
-    with deployed_database("utcp_ckpt") as dsn:
-        yield dsn
-
-
-@pytest.fixture(scope="module")
-def own_store(own_db: str) -> Iterator[EventStore]:
-    with EventStore.open(own_db, Settings(pool_min_size=1, pool_max_size=2)) as s:
+def own_store(dsn: str) -> Iterator[EventStore]:
+    with EventStore.open(dsn, Settings(pool_min_size=1, pool_max_size=2)) as s:
         yield s
 
 
@@ -92,9 +80,9 @@ def test_normal_checkpoints_page_as_before(own_store: EventStore) -> None:
     assert own_store.read_all(after=f"000{tx}/{pos}") == events[3:]
 
 
-def test_a_fabricated_checkpoint_fails_loudly(own_db: str, own_store: EventStore) -> None:
+def test_a_fabricated_checkpoint_fails_loudly(dsn: str, own_store: EventStore) -> None:
     own_store.append("ckpt-fab", [NewEvent("Opened", {"n": 0})])
-    last = read_everything(own_store, own_db)[-1]
+    last = read_everything(own_store, dsn)[-1]
     tx, pos = last.checkpoint.split("/")
     for fake in (f"{tx}/{int(pos) + 10_000}", f"{int(tx) + 10_000}/{pos}", f"{tx}/{int(pos) - 1}"):
         with pytest.raises(CheckpointNotInLog) as caught:
@@ -109,19 +97,19 @@ def test_a_fabricated_checkpoint_fails_loudly(own_db: str, own_store: EventStore
 
 
 def test_a_checkpoint_of_a_removed_event_fails_and_earlier_ones_resume(
-    own_db: str, own_store: EventStore
+    dsn: str, own_store: EventStore
 ) -> None:
     """What a restore to an earlier point looks like to a reader: the event
     its checkpoint names is gone. (Simulated by a superuser deleting the
     newest events past the guards, in this throwaway database.)"""
     stream = "ckpt-removed"
     own_store.append(stream, [NewEvent("Opened", {"n": 0})])
-    before = read_everything(own_store, own_db)
+    before = read_everything(own_store, dsn)
     kept = before[-1]
     own_store.append(stream, [NewEvent("Lost", {"n": i}) for i in range(3)])
     lost = read_until(own_store, kept.checkpoint, 3)
     assert [e.type for e in lost] == ["Lost"] * 3
-    with psycopg.connect(own_db, autocommit=True) as admin, admin.transaction():
+    with psycopg.connect(dsn, autocommit=True) as admin, admin.transaction():
         admin.execute("ALTER TABLE utcp.stored_events DISABLE TRIGGER USER")
         admin.execute(
             "DELETE FROM utcp.stored_events WHERE position = ANY(%s)",
@@ -139,11 +127,11 @@ def test_a_checkpoint_of_a_removed_event_fails_and_earlier_ones_resume(
     assert own_store.read_all(after=after[-1].checkpoint) == []
 
 
-def test_the_cli_says_it_in_one_line(own_store: EventStore, own_db: str) -> None:
+def test_the_cli_says_it_in_one_line(own_store: EventStore, dsn: str) -> None:
     own_store.append("ckpt-cli", [NewEvent("Opened", {"n": 0})])
-    last = read_everything(own_store, own_db)[-1]
+    last = read_everything(own_store, dsn)[-1]
     tx, pos = last.checkpoint.split("/")
-    proc = run_cli("tail", "--after", f"{tx}/{int(pos) + 999}", "--dsn", own_db, check=False)
+    proc = run_cli("tail", "--after", f"{tx}/{int(pos) + 999}", "--dsn", dsn, check=False)
     assert proc.returncode == 1
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1, proc.stderr

@@ -1,7 +1,7 @@
-"""Crashes in the middle of an append, and what the retries do about them
-(docs/design.md §2, invariants 2 and 8).
+"""Crashes in the middle of an append, and what the direct writer's retries
+do about them (docs/design.md §2, invariants 2 and 8).
 
-Two ways to break an append:
+Two ways to break an append (both in tests/support/faults.py):
 
 * for real: a test-only trigger makes the insert of an event whose data has
   ``"slow": true`` sleep for a second, and another connection kills the
@@ -11,25 +11,23 @@ Two ways to break an append:
   like) before the statement is sent, or after it ran and committed — the
   reply lost on the way back.
 
-Either way the call must succeed exactly once, and integrity errors must
-never be retried.
+Either way the direct writer's call must succeed exactly once (it retries),
+and integrity errors must never be retried. What every writer owes a caller
+whose connection is killed (success exactly once, or AppendOutcomeUnknown)
+is the contract suite's: tests/contract/test_killed_connection.py.
 """
 
 from __future__ import annotations
 
 import logging
-import os
-import threading
-import time
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import psycopg
 import pytest
 import stamina
-from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 
 from eventstore import (
@@ -44,132 +42,41 @@ from eventstore import (
     StorageUnavailable,
     WrongExpectedVersion,
 )
-from tests.support.database import admin_dsn, dsn_for, run_cli
+from tests.support.database import (
+    as_role,
+    deployed_database,
+    event_rows,
+    key_rows,
+    rows_per_event_id,
+)
+from tests.support.faults import SLOW_TRIGGER, FaultInjector, Killer
 
-SLOW_TRIGGER = """
-CREATE FUNCTION public.test_slow_insert() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    PERFORM pg_sleep(1);
-    RETURN NEW;
-END $$;
-CREATE TRIGGER test_slow_insert BEFORE INSERT ON utcp.stored_events
-    FOR EACH ROW WHEN ((NEW.data ->> 'slow') = 'true')
-    EXECUTE FUNCTION public.test_slow_insert();
-"""
-
-#: How the store's statements are recognised (eventstore/sql.py). If the SQL
-#: changes, the injector stops firing and the tests below fail, loudly.
-APPEND_MARK = "utcp.append_events("
-LOOKUP_MARK = "WHERE event_id = ANY"
+APP_NAME = f"utcp-crash-{uuid.uuid4().hex[:8]}"
 
 
-class FaultInjector:
-    """Transient failures injected into the statements of one store.
-
-    ``plan`` holds one entry per statement of the store's append path
-    (the append itself, and the retry's look-up of its own event ids), in
-    order: "ok", "before" (fail without running it) or "after" (run it —
-    autocommit, so it commits — then fail as if the reply was lost).
-    Statements beyond the plan run normally. ``calls`` records what ran.
-    """
-
-    def __init__(self, application_name: str) -> None:
-        self.application_name = application_name
-        self.plan: list[str] = []
-        self.calls: list[tuple[str, str]] = []
-
-    def _kind(self, conn: psycopg.Connection[Any], query: object) -> str | None:
-        if conn.info.parameter_status("application_name") != self.application_name:
-            return None
-        text = str(query)
-        if APPEND_MARK in text:
-            return "append"
-        if LOOKUP_MARK in text:
-            return "lookup"
-        return None
-
-    def count(self, kind: str) -> int:
-        return sum(1 for k, _ in self.calls if k == kind)
-
-    def fired(self) -> int:
-        return sum(1 for _, mode in self.calls if mode != "ok")
-
-    @contextmanager
-    def active(self, *plan: str) -> Iterator[FaultInjector]:
-        self.plan = list(plan)
-        self.calls = []
-        real = psycopg.Connection.execute
-        injector = self
-
-        def execute(
-            conn: psycopg.Connection[Any], query: Any, params: Any = None, **kw: Any
-        ) -> Any:
-            kind = injector._kind(conn, query)
-            if kind is None:
-                return real(conn, query, params, **kw)
-            mode = injector.plan.pop(0) if injector.plan else "ok"
-            injector.calls.append((kind, mode))
-            if mode == "before":
-                raise psycopg.OperationalError("injected: connection lost before sending")
-            cur = real(conn, query, params, **kw)
-            if mode == "after":
-                raise psycopg.OperationalError("injected: connection lost before the reply")
-            return cur
-
-        with pytest.MonkeyPatch.context() as mp:
-            mp.setattr(psycopg.Connection, "execute", execute)
-            yield self
-
-
+@dataclass(frozen=True)
 class CrashDb:
-    def __init__(self, name: str, admin: str, writer: str) -> None:
-        self.name = name
-        self.admin_dsn = admin
-        self.writer_dsn = writer
+    """The module's database (with the slow-insert trigger), as the
+    superuser and as the session's writer role."""
 
-    def query(self, query: str, params: Any = None) -> list[tuple[Any, ...]]:
-        with psycopg.connect(self.admin_dsn, autocommit=True) as conn:
-            return conn.execute(query, params).fetchall()
+    name: str
+    admin_dsn: str
+    writer_dsn: str
 
     def rows_per_id(self, ids: list[uuid.UUID]) -> dict[uuid.UUID, int]:
-        rows = self.query(
-            "SELECT event_id, count(*) FROM utcp.stored_events WHERE event_id = ANY(%s) "
-            "GROUP BY event_id",
-            (ids,),
-        )
-        return {r[0]: int(r[1]) for r in rows}
+        return rows_per_event_id(self.admin_dsn, ids)
 
     def stream_rows(self, stream: str) -> int:
-        return int(
-            self.query("SELECT count(*) FROM utcp.stored_events WHERE stream_id = %s", (stream,))[
-                0
-            ][0]
-        )
+        return event_rows(self.admin_dsn, stream_ids=[stream])
 
     def key_rows(self, key: str) -> int:
-        return int(
-            self.query("SELECT count(*) FROM utcp.idempotency_keys WHERE key = %s", (key,))[0][0]
-        )
+        return key_rows(self.admin_dsn, key)
 
 
 @pytest.fixture(scope="module")
 def crash_db(writer_dsn: str) -> Iterator[CrashDb]:
-    name = f"utcp_crash_{os.getpid()}_{uuid.uuid4().hex[:6]}"
-    admin = dsn_for(name)
-    run_cli("db", "deploy", "--dsn", admin)
-    try:
-        with psycopg.connect(admin, autocommit=True) as conn:
-            conn.execute(SLOW_TRIGGER)
-        role = conninfo_to_dict(writer_dsn)["user"]
-        yield CrashDb(name, admin, dsn_for(name, user=role))
-    finally:
-        with psycopg.connect(admin_dsn(), autocommit=True) as conn:
-            conn.execute(
-                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
-            )
-
-
-APP_NAME = f"utcp-crash-{uuid.uuid4().hex[:8]}"
+    with deployed_database("utcp_crash", setup_sql=SLOW_TRIGGER) as dsn:
+        yield CrashDb(str(conninfo_to_dict(dsn)["dbname"]), dsn, as_role(dsn, writer_dsn))
 
 
 @pytest.fixture(scope="module")
@@ -216,36 +123,6 @@ def assert_stored_as(store: EventStore, result: AppendResult, ids: list[uuid.UUI
 # -- a backend killed while the append is in flight ---------------------------
 
 
-class Killer(threading.Thread):
-    """Terminates the store's backend once, while it sleeps in the slow trigger."""
-
-    def __init__(self, db: CrashDb) -> None:
-        super().__init__(daemon=True)
-        self.db = db
-        self.killed: list[int] = []
-        self.error: BaseException | None = None
-
-    def run(self) -> None:
-        try:
-            with psycopg.connect(self.db.admin_dsn, autocommit=True) as conn:
-                deadline = time.monotonic() + 30
-                while time.monotonic() < deadline:
-                    row = conn.execute(
-                        "SELECT pid FROM pg_stat_activity "
-                        "WHERE datname = %s AND application_name = %s "
-                        "AND wait_event = 'PgSleep' AND query LIKE '%%append_events%%'",
-                        (self.db.name, APP_NAME),
-                    ).fetchone()
-                    if row is not None:
-                        ok = conn.execute("SELECT pg_terminate_backend(%s)", (row[0],)).fetchone()
-                        if ok is not None and ok[0]:
-                            self.killed.append(int(row[0]))
-                        return
-                    time.sleep(0.01)
-        except BaseException as exc:  # checked by the test
-            self.error = exc
-
-
 @pytest.mark.parametrize("with_key", [False, True], ids=["no-key", "key"])
 def test_backend_killed_mid_append_still_appends_exactly_once(
     crash_store: EventStore,
@@ -261,7 +138,7 @@ def test_backend_killed_mid_append_still_appends_exactly_once(
         NewEvent("OrderSlow", {"slow": True}, event_id=ids[1]),
         NewEvent("OrderFilled", {"qty": 1}, event_id=ids[2]),
     ]
-    killer = Killer(crash_db)
+    killer = Killer(crash_db.admin_dsn, crash_db.name, APP_NAME)
     killer.start()
     with caplog.at_level(logging.WARNING, logger="eventstore"):
         result = crash_store.append(stream, batch, expected_version=NO_STREAM, idempotency_key=key)

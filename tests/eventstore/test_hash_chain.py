@@ -10,7 +10,6 @@ end): the shared test database stays clean.
 from __future__ import annotations
 
 import itertools
-import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -20,6 +19,7 @@ import pytest
 
 from eventstore import Anchor, ChainReport, EventStore, NewEvent, Settings
 from tests.support.database import deployed_database
+from tests.support.horizon import wait_for_horizon
 
 TRIGGER = "stored_events_no_update_delete"
 
@@ -228,11 +228,8 @@ def test_reordered_events_are_detected(chain_db: ChainDb) -> None:
 def anchor_everything(store: EventStore) -> Anchor:
     """An anchor over every committed event: first wait (bounded) until none
     is behind the readers' horizon, which a transaction elsewhere in the
-    cluster can hold back for a moment."""
-    deadline = time.monotonic() + 30
-    while store.status().events_behind_horizon and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert store.status().events_behind_horizon == 0, "the readers' horizon did not move"
+    cluster can hold back for a while."""
+    wait_for_horizon(store)
     anchor = store.anchor()
     assert anchor is not None
     return anchor

@@ -36,12 +36,14 @@ from psycopg import sql
 
 from eventstore import EventStore, NewEvent, Settings, StorageError
 from tests.support.database import (
-    admin_dsn,
     deployed_database,
+    drop_database,
     dsn_for,
     login_role,
     run_cli,
+    unique_name,
 )
+from tests.support.horizon import wait_for_horizon
 
 #: A safety net, so that the old code fails instead of hanging.
 SETTINGS = Settings(pool_min_size=1, pool_max_size=2, statement_timeout=30.0)
@@ -64,15 +66,6 @@ def operator(anchor_db: str) -> Iterator[EventStore]:
 
 def _append(store: EventStore, n: int = 1) -> None:
     store.append(f"ops-{uuid.uuid4().hex[:10]}", [NewEvent("Step", {"n": i}) for i in range(n)])
-
-
-def _wait_visible(store: EventStore) -> None:
-    """Until every committed event is below the readers' horizon (a
-    transaction elsewhere in the cluster can hold it back for a moment)."""
-    deadline = time.monotonic() + POLL_SECONDS
-    while store.status().events_behind_horizon and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert store.status().events_behind_horizon == 0, "the readers' horizon did not move"
 
 
 def _verify_ok(store: EventStore) -> None:
@@ -127,7 +120,7 @@ def test_a_stale_snapshot_cannot_chain_a_stale_anchor(
         newer = operator.anchor()  # commits an anchor the stale snapshot cannot see
         assert newer is not None
         _append(operator)  # something new for the attacker to anchor
-        _wait_visible(operator)
+        wait_for_horizon(operator)
         with pytest.raises(pg_errors.InvalidTransactionState) as info:
             stale.execute("SELECT * FROM utcp.anchor_log()")
         assert "READ COMMITTED" in str(info.value)
@@ -148,7 +141,7 @@ def test_anchors_in_an_older_read_committed_transaction_see_the_latest_anchor(
         first = operator.anchor()  # committed while conn's transaction is open
         assert first is not None
         _append(operator)
-        _wait_visible(operator)
+        wait_for_horizon(operator)
         row = conn.execute("SELECT anchor_id, created_at FROM utcp.anchor_log()").fetchone()
         conn.commit()
     assert row is not None
@@ -212,7 +205,7 @@ def test_a_planted_search_path_does_not_change_what_anchor_log_computes(
     anchor_db: str, operator: EventStore
 ) -> None:
     _append(operator, 3)
-    _wait_visible(operator)
+    wait_for_horizon(operator)
     with login_role(anchor_db, "utcp_operator", own_schema=True) as attacker_dsn:
         role = conninfo_user(attacker_dsn)
         with psycopg.connect(attacker_dsn, autocommit=True) as conn:
@@ -296,6 +289,7 @@ def test_status_as_a_writer_sees_another_roles_open_transaction(database_dsn: st
             status = writer.status()
             if status.oldest_transaction_pid == pid or time.monotonic() > deadline:
                 break
+            time.sleep(0.05)
         if status.oldest_transaction_pid == pid:
             assert status.oldest_transaction_role == role
             assert status.oldest_transaction_application == "hostile-stall"
@@ -360,7 +354,7 @@ def test_db_commands_put_no_secret_on_a_command_line(tmp_path: Path) -> None:
     bin_dir.mkdir()
     for tool in ("sqitch", "psql"):
         _recorder(bin_dir, tool, log)
-    name = f"utcp_hostile_secret_{os.getpid()}_{uuid.uuid4().hex[:6]}"
+    name = unique_name("utcp_hostile_secret")
     dsn = dsn_for(name, password=PW, sslpassword=SSL_PW)
     env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
     env["EVENTSTORE_DSN"] = dsn  # not --dsn: the caller's own argv is the caller's business
@@ -370,10 +364,7 @@ def test_db_commands_put_no_secret_on_a_command_line(tmp_path: Path) -> None:
             assert PW not in proc.stdout + proc.stderr
             assert SSL_PW not in proc.stdout + proc.stderr
     finally:
-        with psycopg.connect(admin_dsn(), autocommit=True) as conn:
-            conn.execute(
-                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
-            )
+        drop_database(name)
     lines = log.read_text().splitlines()
     argvs = [line for line in lines if line.startswith("argv:")]
     assert any("/sqitch" in a for a in argvs) and any("/psql" in a for a in argvs), argvs

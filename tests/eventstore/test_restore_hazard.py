@@ -13,18 +13,15 @@ a DEFAULT, so the table owner can set it).
 
 from __future__ import annotations
 
-import os
 import uuid
 from collections.abc import Iterator
 from typing import Any
 
 import psycopg
 import pytest
-from psycopg import sql
-from psycopg.conninfo import conninfo_to_dict
 
 from eventstore import EventStore, LogOrderHazard, NewEvent, Settings
-from tests.support.database import admin_dsn, dsn_for, run_cli
+from tests.support.database import as_role, deployed_database, log_counts
 
 #: A correctly hashed version-1 event, written by the owner with a tx_id far
 #: ahead of the cluster: what a logical restore into a new cluster looks like.
@@ -41,8 +38,7 @@ SELECT %(id)s, %(stream)s, 1, 'Restored', '{"restored": true}'::jsonb, NULL, NUL
 
 
 class HazardDb:
-    def __init__(self, name: str, admin: str, writer: str) -> None:
-        self.name = name
+    def __init__(self, admin: str, writer: str) -> None:
         self.admin_dsn = admin
         self.writer_dsn = writer
         self.restored_stream = f"restored-{uuid.uuid4().hex[:10]}"
@@ -50,13 +46,7 @@ class HazardDb:
         self.early: EventStore | None = None
 
     def counts(self) -> tuple[int, int]:
-        with psycopg.connect(self.admin_dsn, autocommit=True) as conn:
-            row = conn.execute(
-                "SELECT (SELECT count(*) FROM utcp.stored_events), "
-                "(SELECT count(*) FROM utcp.idempotency_keys)"
-            ).fetchone()
-        assert row is not None
-        return int(row[0]), int(row[1])
+        return log_counts(self.admin_dsn)
 
 
 def settings() -> Settings:
@@ -68,12 +58,8 @@ def settings() -> Settings:
 def hazard_db(writer_dsn: str) -> Iterator[HazardDb]:
     """A log with ordinary events, then one from "the future"; ``early`` is a
     store whose connection was opened before that event appeared."""
-    name = f"utcp_hazard_{os.getpid()}_{uuid.uuid4().hex[:6]}"
-    admin = dsn_for(name)
-    run_cli("db", "deploy", "--dsn", admin)
-    role = conninfo_to_dict(writer_dsn)["user"]
-    db = HazardDb(name, admin, dsn_for(name, user=role))
-    try:
+    with deployed_database("utcp_hazard") as admin:
+        db = HazardDb(admin, as_role(admin, writer_dsn))
         with EventStore.open(db.writer_dsn, settings()) as early:
             early.append("before-1", [NewEvent("Tick", {"n": 1})])
             early.append("before-2", [NewEvent("Tick", {"n": 1})])
@@ -84,11 +70,6 @@ def hazard_db(writer_dsn: str) -> Iterator[HazardDb]:
                 )
             db.early = early
             yield db
-    finally:
-        with psycopg.connect(admin_dsn(), autocommit=True) as conn:
-            conn.execute(
-                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
-            )
 
 
 @pytest.fixture(scope="module")

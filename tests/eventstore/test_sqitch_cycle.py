@@ -18,7 +18,7 @@ import pytest
 from psycopg import sql
 
 from eventstore import EventStore, NewEvent, SchemaNotDeployed, Settings
-from tests.support.database import admin_dsn, dsn_for, run_cli
+from tests.support.database import admin_dsn, drop_database, dsn_for, run_cli, unique_name
 
 
 @pytest.fixture
@@ -29,14 +29,11 @@ def empty_db_name(database_dsn: str) -> Iterator[str]:
     utcp_* roles something, reverting here cannot drop those cluster-wide
     roles from under the rest of the session.
     """
-    name = f"utcp_cycle_{os.getpid()}_{uuid.uuid4().hex[:6]}"
+    name = unique_name("utcp_cycle")
     try:
         yield name
     finally:
-        with psycopg.connect(admin_dsn(), autocommit=True) as conn:
-            conn.execute(
-                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
-            )
+        drop_database(name)
 
 
 def last_planned_change() -> str:

@@ -27,20 +27,12 @@ from eventstore import (
     StorageUnavailable,
     ValidationError,
 )
+from tests.support.database import log_counts as counts
 from trading import AuditEvent, StorageAdapter, Trade
 
 SMALL_EVENT_BYTES = 1000
 SMALL_BATCH = 5
 NOW = dt.datetime(2024, 6, 3, 14, 30, tzinfo=dt.UTC)
-
-
-def counts(admin: psycopg.Connection[Any]) -> tuple[int, int]:
-    row = admin.execute(
-        "SELECT (SELECT count(*) FROM utcp.stored_events),"
-        " (SELECT count(*) FROM utcp.idempotency_keys)"
-    ).fetchone()
-    assert row is not None
-    return int(row[0]), int(row[1])
 
 
 @pytest.fixture(scope="module")
@@ -365,20 +357,6 @@ def test_bad_idempotency_key_is_refused(
     store: EventStore, admin: psycopg.Connection[Any], stream: str, key: str
 ) -> None:
     refused(admin, lambda: store.append(stream, ev({}), idempotency_key=key), "idempotency_key")
-
-
-def test_one_bad_event_anywhere_in_a_batch_writes_nothing(
-    store: EventStore, admin: psycopg.Connection[Any], stream: str
-) -> None:
-    store.append(stream, ev({"n": 0}))
-    batch = [NewEvent("Step", {"n": i}) for i in range(1, 8)]
-    batch[6] = NewEvent("Step", {"n": 6, "bad": "\x00"})
-    refused(
-        admin,
-        lambda: store.append(stream, batch, idempotency_key=uuid.uuid4().hex),
-        "events[6].data.bad",
-    )
-    assert store.stream_version(stream) == 1
 
 
 # -- limits -------------------------------------------------------------------

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -31,7 +30,15 @@ import pytest
 from psycopg import sql
 
 from eventstore import EventStore, IntegrityViolation, NewEvent, Settings, integrity
-from tests.support.database import admin_dsn, deployed_database, dsn_for, login_role, run_cli
+from tests.support.database import (
+    admin_dsn,
+    deployed_database,
+    drop_database,
+    dsn_for,
+    login_role,
+    run_cli,
+)
+from tests.support.horizon import wait_for_horizon
 
 TABLES = ("stored_events", "idempotency_keys", "chain_anchors")
 
@@ -167,15 +174,14 @@ def _anchor(dsn: str, path: Path) -> Path:
 
 
 def _take_anchor_after_visible(dsn: str, path: Path, events: int) -> Path:
-    """An anchor covering ``events`` events (the readers' horizon may lag
-    behind another session's transaction for a moment)."""
-    for _ in range(300):
-        _anchor(dsn, path)
-        text = path.read_text()
-        if text.startswith("{") and json.loads(text)["events"] >= events:
-            return path
-        time.sleep(0.1)
-    raise AssertionError(f"no anchor covered {events} events")
+    """An anchor covering ``events`` events: taken once the readers' horizon
+    has passed them (another session's transaction on the shared server can
+    hold it back)."""
+    wait_for_horizon(dsn)
+    _anchor(dsn, path)
+    text = path.read_text()
+    assert text.startswith("{") and json.loads(text)["events"] >= events, text
+    return path
 
 
 @pytest.fixture(scope="module")
@@ -215,10 +221,7 @@ def copy_of(seed: Seed) -> Iterator[str]:
     try:
         yield dsn_for(name)
     finally:
-        with psycopg.connect(admin_dsn(), autocommit=True) as conn:
-            conn.execute(
-                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
-            )
+        drop_database(name)
 
 
 def tamper(dsn: str, *statements: str, params: dict[str, Any] | None = None) -> None:

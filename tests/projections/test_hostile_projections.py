@@ -18,9 +18,8 @@ import json
 import subprocess
 import sys
 import threading
-import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from decimal import Decimal
 from typing import Any
 
@@ -34,29 +33,20 @@ from projections import rebuild as rebuild_module
 from projections.rebuild import RebuildError, rebuild
 from projections.runner import ProjectionRunner
 from projections.status import projection_status
-from tests.support.database import deployed_database, login_role, run_cli
+from tests.support.database import (
+    WAIT,
+    login_role,
+    one_value,
+    run_cli,
+    wait_until,
+)
+from tests.support.horizon import wait_for_horizon
 from trading import StorageAdapter, Trade
 from trading.events import CashDeposited, PortfolioOpened, ProjectionEventSkipped
 
-WAIT = 60.0  # a generous bound for what takes well under a second
 #: The advisory-lock keys of the code before the lease: class "UTCP".
 OLD_LOCK_CLASS = 0x55544350 & 0x7FFFFFFF
 RUN = (sys.executable, "-m", "storectl", "project", "run", "--poll-interval", "0.2")
-
-
-def wait_until(check: Callable[[], bool], what: str, timeout: float = WAIT) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
-        time.sleep(0.05)
-
-
-@pytest.fixture(scope="module")
-def dsn() -> Iterator[str]:
-    """A database of its own (superuser DSN)."""
-    with deployed_database("utcp_hostile_proj") as d:
-        yield d
 
 
 @pytest.fixture(scope="module")
@@ -154,6 +144,7 @@ def catch_up_until_idle(dsn: str, *extra: str) -> None:
         shown = status_json(dsn)
         return bool(shown["lag_events"] == 0 and shown["waiting_events"] == 0)
 
+    wait_for_horizon(dsn)  # every committed event is readable
     wait_until(idle, "the projection to catch up")
 
 
@@ -613,9 +604,3 @@ def test_catch_up_names_the_session_holding_the_lease(
         assert "holding it for" in busy.stderr
     finally:
         holder.release()
-
-
-def one_value(dsn: str, query: str, params: Any = None) -> Any:
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        row = conn.execute(query.encode(), params).fetchone()
-    return None if row is None else row[0]

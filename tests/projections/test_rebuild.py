@@ -19,20 +19,20 @@ from projections import rebuild as rebuild_module
 from projections.rebuild import RebuildError, RebuildReport, rebuild
 from projections.sql import LIVE
 from projections.status import projection_status
-from tests.support.database import run_cli
+from tests.support.database import (
+    WAIT,
+    deployed_database,
+    event_rows,
+    one_value,
+    run_cli,
+    wait_until,
+)
+from tests.support.horizon import wait_for_horizon
 from tests.support.reference_model import reference_model
+from tests.support.trading_desk import DeskWriter, TradingDesk
 from trading import StorageAdapter
 
 from .test_replay_properties import assert_same, read_rows
-from .test_workers import (
-    WAIT,
-    TradingDesk,
-    Writer,
-    count_events,
-    fresh_database,
-    one_value,
-    wait_until,
-)
 
 LIVE_TABLES = ("trades", "positions", "portfolios")
 CANONICAL_INDEXES = {
@@ -40,11 +40,6 @@ CANONICAL_INDEXES = {
     "positions": {"positions_pkey"},
     "portfolios": {"portfolios_pkey"},
 }
-
-
-@pytest.fixture(scope="module")
-def dsn() -> Iterator[str]:
-    yield from fresh_database("utcp_rebuild")
 
 
 @pytest.fixture(scope="module")
@@ -59,6 +54,7 @@ def desk(store: EventStore, dsn: str) -> TradingDesk:
     desk = TradingDesk(StorageAdapter(store), portfolios=4, seed=11)
     for _ in range(600):
         desk.step()
+    wait_for_horizon(dsn)  # projected: all of it, not what a shared server let through
     run_cli("project", "catch-up", "--dsn", dsn)
     return desk
 
@@ -171,7 +167,9 @@ def test_rebuild_while_writers_append_and_readers_read(
 
     worker = threading.Thread(target=live_worker, daemon=True)
     worker.start()
-    writers = [Writer(desk)] + [Writer(TradingDesk(StorageAdapter(store), seed=s)) for s in (12,)]
+    writers = [DeskWriter(desk)] + [
+        DeskWriter(TradingDesk(StorageAdapter(store), seed=s)) for s in (12,)
+    ]
     readers = [Reader(dsn), Reader(dsn), Reader(dsn, hold=0.05)]
     for thread in (*writers, *readers):
         thread.start()
@@ -196,6 +194,7 @@ def test_rebuild_while_writers_append_and_readers_read(
             reader.stop.set()
             reader.join(timeout=WAIT)
     try:
+        wait_for_horizon(dsn)  # the writers' last events are readable
         wait_until(lambda: projection_status(store).lag_events == 0, "the worker to catch up")
     finally:
         stop_worker.set()
@@ -372,39 +371,35 @@ def test_a_rebuild_ends_while_writers_outpace_it() -> None:
     cannot keep it chasing the head: each pass ends at the head as it was
     when the pass began, and the rest is applied under the lock."""
     batch = 10
-    for dsn in fresh_database("utcp_rebuild_chase"):
-        with EventStore.open(dsn, Settings(pool_min_size=1, pool_max_size=2)) as store:
-            desk = TradingDesk(StorageAdapter(store), portfolios=2, seed=5)
-            for _ in range(100):
-                desk.step()
-            # Until readers can see them: another database's open
-            # transaction on the shared server holds the horizon back, and
-            # a rebuild of a log it cannot see yet ends at once.
-            wait_until(
-                lambda: projection_status(store).waiting_events == 0,
-                "the desk's events to become readable",
-            )
-            reads = 0
+    with (
+        deployed_database("utcp_rebuild_chase") as dsn,
+        EventStore.open(dsn, Settings(pool_min_size=1, pool_max_size=2)) as store,
+    ):
+        desk = TradingDesk(StorageAdapter(store), portfolios=2, seed=5)
+        for _ in range(100):
+            desk.step()
+        wait_for_horizon(dsn)  # the rebuild must see these to be outpaced at all
+        reads = 0
 
-            def outpace(phase: str, done: int, total: int) -> None:
-                nonlocal reads
-                if phase != "rebuild" or done == 0:
-                    return
-                reads += 1
-                assert reads < 1000, "the rebuild kept chasing the head"
-                noise = [NewEvent("DeskNote", {"n": i}) for i in range(batch + 1)]
-                store.append("desk-notes", noise)
+        def outpace(phase: str, done: int, total: int) -> None:
+            nonlocal reads
+            if phase != "rebuild" or done == 0:
+                return
+            reads += 1
+            assert reads < 1000, "the rebuild kept chasing the head"
+            noise = [NewEvent("DeskNote", {"n": i}) for i in range(batch + 1)]
+            store.append("desk-notes", noise)
 
-            report = rebuild(store, dsn, batch_size=batch, progress=outpace, lock_timeout=WAIT)
-            assert report.swapped
-            no_differences(report)
-            # Swapped in at the checkpoint the rebuild reached, every event
-            # up to it counted once (the chase's own noise included).
-            status = projection_status(store)
-            assert status.checkpoint == report.checkpoint
-            assert status.events_processed == count_events(dsn, through=report.checkpoint)
-            assert status.events_processed > 100 + 3 * batch
-            assert one_value(dsn, "SELECT count(*) FROM utcp.trades") == desk.executed
+        report = rebuild(store, dsn, batch_size=batch, progress=outpace, lock_timeout=WAIT)
+        assert report.swapped
+        no_differences(report)
+        # Swapped in at the checkpoint the rebuild reached, every event
+        # up to it counted once (the chase's own noise included).
+        status = projection_status(store)
+        assert status.checkpoint == report.checkpoint
+        assert status.events_processed == event_rows(dsn, through=report.checkpoint)
+        assert status.events_processed > 100 + 3 * batch
+        assert one_value(dsn, "SELECT count(*) FROM utcp.trades") == desk.executed
 
 
 def test_a_swap_that_cannot_lock_never_holds_readers_back_for_long(

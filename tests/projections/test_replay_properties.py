@@ -49,7 +49,6 @@ from eventstore import EventStore, NewEvent, Settings, StoredEvent
 from projections.runner import ProjectionRunner
 from projections.sql import LIVE, Tables, shadow_tables
 from projections.trading import TradingProjection
-from tests.support.database import deployed_database
 from tests.support.reference_model import reference_model
 from trading.events import (
     AuditEvent,
@@ -336,12 +335,6 @@ def session_events(ops: list[Op], tag: str) -> list[tuple[str, list[NewEvent]]]:
 
 
 # -- fixtures ---------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def dsn() -> Iterator[str]:
-    with deployed_database("utcp_replay") as dsn:
-        yield dsn
 
 
 @pytest.fixture(scope="module")

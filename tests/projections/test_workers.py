@@ -10,47 +10,28 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import random
-import signal
 import subprocess
-import sys
-import threading
-import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from decimal import Decimal
-from typing import Any
 
-import psycopg
 import pytest
 
-from eventstore import EventStore, NewEvent, Settings, StoredEvent
+from eventstore import EventStore, NewEvent, Settings
 from projections.rebuild import rebuild
 from projections.status import ProjectionStatus, projection_status
-from tests.support.database import deployed_database, run_cli
+from tests.support.database import (
+    WAIT,
+    deployed_database,
+    event_rows,
+    one_value,
+    run_cli,
+    wait_until,
+)
+from tests.support.horizon import wait_for_horizon
+from tests.support.trading_desk import DeskWriter, TradingDesk, start_worker, stop_worker
 from trading import StorageAdapter, Trade
-from trading.events import CashDeposited, PortfolioOpened, TradeCancelled
-
-WAIT = 60.0  # a generous bound for things that take well under a second
-
-
-def wait_until(check: Callable[[], bool], what: str, timeout: float = WAIT) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
-        time.sleep(0.05)
-
-
-def fresh_database(prefix: str) -> Iterator[str]:
-    """A throwaway database for a module's fixture (``yield from``)."""
-    with deployed_database(prefix) as dsn:
-        yield dsn
-
-
-@pytest.fixture(scope="module")
-def dsn() -> Iterator[str]:
-    yield from fresh_database("utcp_workers")
+from trading.events import CashDeposited, PortfolioOpened
 
 
 @pytest.fixture(scope="module")
@@ -59,135 +40,8 @@ def store(dsn: str) -> Iterator[EventStore]:
         yield s
 
 
-class TradingDesk:
-    """Appends a realistic session through the adapter: portfolios, cash,
-    buys and sells (shorts and flips happen), some cancellations."""
-
-    SYMBOLS = ("AAPL", "MSFT", "NVDA", "BTC-USD")
-
-    def __init__(self, adapter: StorageAdapter, portfolios: int = 3, seed: int = 7) -> None:
-        self.adapter = adapter
-        self.rng = random.Random(seed)
-        self.tag = uuid.uuid4().hex[:8]
-        self.portfolios = [f"{self.tag}-p{i}" for i in range(portfolios)]
-        self.open_trades: list[tuple[str, str]] = []
-        self.executed = 0
-        self.cancelled = 0
-        self.events = 0
-        now = self.now()
-        for pid in self.portfolios:
-            adapter.open_portfolio(
-                PortfolioOpened(portfolio_id=pid, name=pid, base_currency="USD", opened_at=now)
-            )
-            adapter.deposit_cash(
-                CashDeposited(
-                    deposit_id=f"{pid}-d0",
-                    portfolio_id=pid,
-                    amount=Decimal(250_000),
-                    occurred_at=now,
-                )
-            )
-            self.events += 2
-
-    @staticmethod
-    def now() -> dt.datetime:
-        return dt.datetime.now(dt.UTC)
-
-    def step(self) -> None:
-        rng = self.rng
-        if self.open_trades and rng.random() < 0.08:
-            pid, tid = self.open_trades.pop(rng.randrange(len(self.open_trades)))
-            self.adapter.cancel_trade(
-                TradeCancelled(
-                    trade_id=tid, portfolio_id=pid, reason="busted", occurred_at=self.now()
-                )
-            )
-            self.cancelled += 1
-        else:
-            pid = rng.choice(self.portfolios)
-            tid = f"{self.tag}-t{self.executed}"
-            self.adapter.save_trade(
-                Trade(
-                    trade_id=tid,
-                    portfolio_id=pid,
-                    symbol=rng.choice(self.SYMBOLS),
-                    side=rng.choice(("buy", "sell")),
-                    quantity=Decimal(rng.randint(1, 40)),
-                    price=Decimal(rng.randint(5_000, 50_000)) / 100,
-                    fees=Decimal(rng.randint(0, 300)) / 100,
-                    executed_at=self.now(),
-                )
-            )
-            self.open_trades.append((pid, tid))
-            self.executed += 1
-        self.events += 1
-
-
-class Writer(threading.Thread):
-    """Keeps appending until stopped."""
-
-    def __init__(self, desk: TradingDesk) -> None:
-        super().__init__(daemon=True)
-        self.desk = desk
-        self.stop = threading.Event()
-        self.error: BaseException | None = None
-
-    def run(self) -> None:
-        try:
-            while not self.stop.is_set():
-                self.desk.step()
-        except BaseException as exc:
-            self.error = exc
-
-    def finish(self) -> None:
-        self.stop.set()
-        self.join(timeout=WAIT)
-        assert self.error is None, f"the writer failed: {self.error!r}"
-
-
-def start_worker(dsn: str, *args: str) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "storectl", "project", "run", "--dsn", dsn, *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-
-
-def stop_worker(proc: subprocess.Popen[str], timeout: float = WAIT) -> tuple[int, str]:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-    try:
-        _, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        _, err = proc.communicate()
-        raise AssertionError(f"the worker did not stop on SIGTERM:\n{err}") from None
-    return proc.returncode, err
-
-
 def status(store: EventStore) -> ProjectionStatus:
     return projection_status(store)
-
-
-def one_value(dsn: str, query: Any, params: Any = None) -> Any:
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        row = conn.execute(query, params).fetchone()
-    assert row is not None
-    return row[0]
-
-
-def count_events(dsn: str, through: str | None = None, type: str | None = None) -> int:
-    """Events in the log (through checkpoint ``through``; of one ``type``)."""
-    tx, pos = (through or "18446744073709551615/9223372036854775807").split("/")
-    return int(
-        one_value(
-            dsn,
-            "SELECT count(*) FROM utcp.stored_events WHERE (tx_id, position) <= (%s::xid8, %s) "
-            "AND (%s::text IS NULL OR type = %s)",
-            (tx, int(pos), type, type),
-        )
-    )
 
 
 def worker_sessions(dsn: str) -> int:
@@ -206,7 +60,7 @@ def assert_matches_log(store: EventStore, dsn: str, desk_trades: int, desk_cance
     final = status(store)
     assert final.last_error is None
     assert final.lag_events == 0
-    assert final.events_processed == count_events(dsn), "an event was missed or applied twice"
+    assert final.events_processed == event_rows(dsn), "an event was missed or applied twice"
     assert one_value(dsn, "SELECT count(*) FROM utcp.trades") == desk_trades
     cancelled = one_value(dsn, "SELECT count(*) FROM utcp.trades WHERE status = 'cancelled'")
     assert cancelled == desk_cancelled
@@ -218,7 +72,7 @@ def assert_matches_log(store: EventStore, dsn: str, desk_trades: int, desk_cance
 
 def test_standby_takes_over_when_the_active_worker_dies(store: EventStore, dsn: str) -> None:
     desk = TradingDesk(StorageAdapter(store), seed=1)
-    writer = Writer(desk)
+    writer = DeskWriter(desk)
     writer.start()
     first = start_worker(dsn, "--poll-interval", "0.2", "--batch-size", "25")
     second: subprocess.Popen[str] | None = None
@@ -284,6 +138,10 @@ def test_a_notification_wakes_an_idle_worker(store: EventStore, dsn: str) -> Non
         for _ in range(2):
             before = status(store).events_processed
             desk.step()
+            # Woken while a transaction elsewhere on the shared server hides
+            # the event, the worker looks again every WAKE_SLICE for a poll
+            # interval: the bound starts once the event is readable.
+            wait_for_horizon(dsn, timeout=45.0)
             wait_until(
                 lambda b=before: status(store).events_processed == b + 1,  # type: ignore[misc]
                 "the notification to wake the worker",
@@ -298,7 +156,7 @@ def test_a_notification_wakes_an_idle_worker(store: EventStore, dsn: str) -> Non
 
 def test_sigterm_stops_after_the_current_batch(store: EventStore, dsn: str) -> None:
     desk = TradingDesk(StorageAdapter(store), seed=3)
-    writer = Writer(desk)
+    writer = DeskWriter(desk)
     writer.start()
     proc = start_worker(dsn, "--poll-interval", "0.1", "--batch-size", "5", "--verbose")
     try:
@@ -313,14 +171,14 @@ def test_sigterm_stops_after_the_current_batch(store: EventStore, dsn: str) -> N
     assert stopped.active_worker_pid is None
     # Consistent: the tables hold exactly the events through the checkpoint,
     # each once, although the writers kept appending through the shutdown.
-    assert stopped.events_processed == count_events(dsn, stopped.checkpoint)
-    trades_through = count_events(dsn, stopped.checkpoint, "TradeExecuted")
+    assert stopped.events_processed == event_rows(dsn, through=stopped.checkpoint)
+    trades_through = event_rows(dsn, through=stopped.checkpoint, type="TradeExecuted")
     assert one_value(dsn, "SELECT count(*) FROM utcp.trades") == trades_through
     # And the next worker carries on from there.
     run_cli("project", "catch-up", "--dsn", dsn)
     trades = int(one_value(dsn, "SELECT count(*) FROM utcp.trades"))
     cancelled = int(one_value(dsn, "SELECT count(*) FROM utcp.trades WHERE status = 'cancelled'"))
-    assert trades == count_events(dsn, type="TradeExecuted")
+    assert trades == event_rows(dsn, type="TradeExecuted")
     assert_matches_log(store, dsn, trades, cancelled)
 
 
@@ -329,7 +187,8 @@ def test_sigterm_stops_after_the_current_batch(store: EventStore, dsn: str) -> N
 
 @pytest.fixture(scope="module")
 def poison_dsn() -> Iterator[str]:
-    yield from fresh_database("utcp_poison")
+    with deployed_database("utcp_poison") as d:
+        yield d
 
 
 def test_a_poison_event_stops_the_projection_before_it(poison_dsn: str) -> None:
@@ -375,14 +234,10 @@ def test_a_poison_event_stops_the_projection_before_it(poison_dsn: str) -> None:
             )
         )
         # Every event readable (a transaction elsewhere in the cluster can
-        # hold the readers' horizon back for a moment).
-        log: list[StoredEvent] = []
-
-        def all_readable() -> bool:
-            log[:] = store.read_all(limit=100)
-            return len(log) == 5
-
-        wait_until(all_readable, "the events to be readable")
+        # hold the readers' horizon back for a while).
+        wait_for_horizon(dsn)
+        log = store.read_all(limit=100)
+        assert len(log) == 5
     poison_event = next(e for e in log if e.stream_id == "portfolio-ghost")
     before = log[log.index(poison_event) - 1]
 
@@ -436,6 +291,7 @@ def test_a_poison_event_stops_the_projection_before_it(poison_dsn: str) -> None:
         shown = json.loads(run_cli("project", "status", "--json", "--dsn", dsn, check=False).stdout)
         return bool(shown["lag_events"] == 0 and shown["waiting_events"] == 0)
 
+    wait_for_horizon(dsn)  # the decision is readable
     wait_until(caught_up, "the projection to pass over the poison event")
     assert sum(applied) == 3  # the poison (passed over), the deposit, the decision
     record = json.loads(run_cli("project", "status", "--json", "--dsn", dsn, check=False).stdout)

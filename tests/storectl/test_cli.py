@@ -10,7 +10,6 @@ import re
 import signal
 import subprocess
 import sys
-import threading
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -23,6 +22,7 @@ from psycopg import sql
 from eventstore import EventStore, NewEvent, StoredEvent, StoreStatus
 from storectl import cli
 from tests.support.database import deployed_database, dsn_for, run_cli
+from tests.support.threads import line_queue
 
 #: Generous: a subprocess on a loaded 2-core machine. Not a timing assertion,
 #: only a bound on how long a broken test can hang.
@@ -373,15 +373,7 @@ def follow(database_dsn: str) -> Iterator[Any]:
             preexec_fn=_default_sigint,  # noqa: PLW1509
         )
         procs.append(proc)
-        lines: queue.Queue[str] = queue.Queue()
-
-        def pump() -> None:
-            assert proc.stdout is not None
-            for line in proc.stdout:
-                lines.put(line)
-
-        threading.Thread(target=pump, daemon=True).start()
-        return proc, lines
+        return proc, line_queue(proc.stdout)
 
     yield start
     for proc in procs:

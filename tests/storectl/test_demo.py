@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import datetime as dt
 import decimal
-import os
 import queue
 import re
 import subprocess
@@ -43,7 +42,15 @@ from storectl.demo import (
     format_quantity,
     generate_session,
 )
-from tests.support.database import admin_dsn, dsn_for, run_cli
+from tests.support.database import (
+    admin_dsn,
+    deployed_database,
+    drop_database,
+    dsn_for,
+    login_role,
+    run_cli,
+    unique_name,
+)
 from trading import StorageAdapter
 from trading.adapter import portfolio_stream
 from trading.events import (
@@ -91,34 +98,15 @@ class DemoDB:
         )
 
 
-def _drop_database(name: str) -> None:
-    with psycopg.connect(admin_dsn(), autocommit=True) as conn:
-        conn.execute(
-            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
-        )
-
-
 @pytest.fixture(scope="module")
 def demo_db() -> Iterator[DemoDB]:
-    tag = f"{os.getpid()}_{uuid.uuid4().hex[:6]}"
-    name = f"utcp_demo_{tag}"
-    writer, projector = f"utcp_demo_w_{tag}", f"utcp_demo_p_{tag}"
-    dsn = dsn_for(name)
-    try:
-        run_cli("db", "deploy", "--dsn", dsn)
-        with psycopg.connect(dsn, autocommit=True) as conn:
-            # The writer is also an operator, so that the demo can take its anchor.
-            for role, group in ((writer, "utcp_operator"), (projector, "utcp_projector")):
-                conn.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(role)))
-                conn.execute(
-                    sql.SQL("GRANT {} TO {}").format(sql.Identifier(group), sql.Identifier(role))
-                )
-        yield DemoDB(dsn, dsn_for(name, user=writer), dsn_for(name, user=projector))
-    finally:
-        _drop_database(name)
-        with psycopg.connect(admin_dsn(), autocommit=True) as conn:
-            for role in (writer, projector):
-                conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role)))
+    with (
+        deployed_database("utcp_demo") as dsn,
+        # The writer is also an operator, so that the demo can take its anchor.
+        login_role(dsn, "utcp_operator") as writer,
+        login_role(dsn, "utcp_projector") as projector,
+    ):
+        yield DemoDB(dsn, writer, projector)
 
 
 @pytest.fixture(scope="module")
@@ -507,10 +495,7 @@ def test_demo_takes_over_when_the_active_worker_goes_away(
 
 
 def test_demo_stops_clearly_on_an_event_the_projection_refuses() -> None:
-    name = f"utcp_demo_poison_{uuid.uuid4().hex[:8]}"
-    dsn = dsn_for(name)
-    try:
-        run_cli("db", "deploy", "--dsn", dsn)
+    with deployed_database("utcp_demo_poison") as dsn:
         orphan = {
             "trade_id": "orphan-1",
             "portfolio_id": "never-opened",
@@ -525,8 +510,6 @@ def test_demo_stops_clearly_on_an_event_the_projection_refuses() -> None:
             *("--data", msgspec.json.encode(orphan).decode()),
         )
         proc = run_demo("--dsn", dsn, "--session", new_session_id())
-    finally:
-        _drop_database(name)
     assert proc.returncode == 1
     assert "Traceback" not in proc.stderr
     assert proc.stderr.count("cannot apply") == 1, proc.stderr  # said once
@@ -538,13 +521,13 @@ def test_demo_stops_clearly_on_an_event_the_projection_refuses() -> None:
 
 
 def test_demo_without_schema_says_so() -> None:
-    name = f"utcp_demo_empty_{uuid.uuid4().hex[:8]}"
+    name = unique_name("utcp_demo_empty")
     with psycopg.connect(admin_dsn(), autocommit=True) as conn:
         conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
     try:
         proc = run_demo("--dsn", dsn_for(name))
     finally:
-        _drop_database(name)
+        drop_database(name)
     assert proc.returncode == 1
     assert "Traceback" not in proc.stderr
     (line,) = proc.stderr.strip().splitlines()

@@ -22,23 +22,18 @@ from projections.status import projection_status
 from storectl import cli
 from storectl.cli.output import decimal_text
 from storectl.cli.progress import ProgressDisplay, progress_line
-from tests.projections.test_workers import (
+from tests.support.database import (
     WAIT,
-    TradingDesk,
-    Writer,
-    count_events,
-    fresh_database,
+    deployed_database,
+    event_rows,
+    login_role,
     one_value,
-    stop_worker,
+    run_cli,
     wait_until,
 )
-from tests.support.database import deployed_database, login_role, run_cli
+from tests.support.horizon import wait_for_horizon
+from tests.support.trading_desk import DeskWriter, TradingDesk, stop_worker
 from trading import StorageAdapter
-
-
-@pytest.fixture(scope="module")
-def dsn() -> Iterator[str]:
-    yield from fresh_database("utcp_project_cli")
 
 
 @pytest.fixture(scope="module")
@@ -48,10 +43,11 @@ def store(dsn: str) -> Iterator[EventStore]:
 
 
 @pytest.fixture(scope="module")
-def desk(store: EventStore) -> TradingDesk:
+def desk(store: EventStore, dsn: str) -> TradingDesk:
     desk = TradingDesk(StorageAdapter(store), portfolios=2, seed=21)
     for _ in range(120):
         desk.step()
+    wait_for_horizon(dsn)  # every event readable: the counts below are exact
     return desk
 
 
@@ -152,13 +148,17 @@ def test_catch_up_ends_while_writers_keep_appending(
     """A catch-up applies what was committed when it started and exits,
     however fast writers append meanwhile (one event per batch here, slower
     than the writers)."""
-    writers = [Writer(desk), Writer(TradingDesk(StorageAdapter(store), portfolios=1, seed=22))]
+    writers = [
+        DeskWriter(desk),
+        DeskWriter(TradingDesk(StorageAdapter(store), portfolios=1, seed=22)),
+    ]
     for writer in writers:
         writer.start()
     try:
         wait_until(lambda: all(w.desk.events > 20 for w in writers), "the writers to append")
         # Readable, not only committed (a transaction elsewhere in the
-        # cluster can hold the readers' horizon back for a moment).
+        # cluster can hold the readers' horizon back for a while).
+        wait_for_horizon(dsn)
         wait_until(lambda: projection_status(store).lag_events > 0, "new events to be readable")
         proc = run_cli("project", "catch-up", "--batch-size", "1", "--dsn", dsn, timeout=WAIT)
     finally:
@@ -168,18 +168,11 @@ def test_catch_up_ends_while_writers_keep_appending(
     checkpoint = proc.stdout.split()[-1]
     assert applied > 0
     assert projection_status(store).checkpoint == checkpoint
-    assert count_events(dsn, through=checkpoint) == projection_status(store).events_processed
-
-    def caught_up_again() -> bool:
-        # Another session anywhere on the server may have held some of the
-        # writers' events back from readers (and this catch-up's goal) for
-        # a moment: catch up until none is left.
-        again = run_cli("project", "catch-up", "--dsn", dsn)
-        assert again.stdout.startswith("caught up: ")
-        shown = projection_status(store)
-        return shown.lag_events == 0 and shown.waiting_events == 0
-
-    wait_until(caught_up_again, "the projection to catch up")
+    assert event_rows(dsn, through=checkpoint) == projection_status(store).events_processed
+    wait_for_horizon(dsn)  # what the writers appended last is readable
+    again = run_cli("project", "catch-up", "--dsn", dsn)
+    assert again.stdout.startswith("caught up: ")
+    assert projection_status(store).lag_events == 0
 
 
 def test_catch_up_fails_fast_while_a_worker_is_active(dsn: str, store: EventStore) -> None:
@@ -230,6 +223,7 @@ def test_run_applies_new_events_and_stops_on_sigterm(
         wait_until(lambda: projection_status(store).active_worker_pid is not None, "the worker")
         before = projection_status(store).events_processed
         desk.step()
+        wait_for_horizon(dsn)
         wait_until(lambda: projection_status(store).events_processed == before + 1, "the event")
         assert projection_status(store).lag_events == 0
     finally:
@@ -328,6 +322,7 @@ def test_rebuild_help_says_what_happens_to_differences() -> None:
 def test_status_shows_events_waiting_behind_an_open_transaction(
     dsn: str, store: EventStore, desk: TradingDesk
 ) -> None:
+    wait_for_horizon(dsn)
     run_cli("project", "catch-up", "--dsn", dsn)
     with psycopg.connect(dsn) as older:  # a transaction with an id, left open
         older.execute("SELECT pg_current_xact_id()").fetchone()
@@ -338,13 +333,9 @@ def test_status_shows_events_waiting_behind_an_open_transaction(
         human = run_cli("project", "status", "--dsn", dsn).stdout
         assert "waiting:           1 committed event behind an open transaction" in human
         older.rollback()
-
-    def readable() -> bool:
-        # Another session elsewhere on the server may still hold it back.
-        _, after = status_json(dsn)
-        return (after["lag_events"], after["waiting_events"]) == (1, 0)
-
-    wait_until(readable, "the event to be readable")
+    wait_for_horizon(dsn)  # ours ended; another session's may still run
+    _, after = status_json(dsn)
+    assert (after["lag_events"], after["waiting_events"]) == (1, 0)
 
 
 # -- one clear line, never a traceback ----------------------------------------------

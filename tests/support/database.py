@@ -13,8 +13,9 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -79,21 +80,131 @@ def run_cli(
     return proc
 
 
+def unique_name(prefix: str) -> str:
+    """A database (or other object) name no other run on the shared server uses."""
+    return f"{prefix}_{os.getpid()}_{uuid.uuid4().hex[:6]}"
+
+
+def drop_database(name: str) -> None:
+    """Drop a database this run created (its sessions are ended)."""
+    with psycopg.connect(admin_dsn(), autocommit=True) as conn:
+        conn.execute(
+            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+        )
+
+
 @contextmanager
-def deployed_database(prefix: str) -> Iterator[str]:
-    """A throwaway database, deployed through `eventstore db deploy`, dropped
-    on exit (also when the body fails). Yields its DSN."""
+def deployed_database(prefix: str, *, setup_sql: str | None = None) -> Iterator[str]:
+    """The one throwaway database of the suite: uniquely named, deployed
+    through `eventstore db deploy`, then ``setup_sql`` run in it as the
+    superuser (test-only triggers and the like), dropped on exit (also when
+    the body fails). Yields its superuser DSN; :func:`as_role` gives the
+    same database as another login role."""
     _require_postgres()
-    name = f"{prefix}_{os.getpid()}_{uuid.uuid4().hex[:6]}"
+    name = unique_name(prefix)
     dsn = dsn_for(name)
-    run_cli("db", "deploy", "--dsn", dsn)
     try:
+        run_cli("db", "deploy", "--dsn", dsn)
+        if setup_sql:
+            with psycopg.connect(dsn, autocommit=True) as conn:
+                conn.execute(setup_sql.encode())
         yield dsn
     finally:
-        with psycopg.connect(admin_dsn(), autocommit=True) as conn:
-            conn.execute(
-                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
-            )
+        drop_database(name)
+
+
+def as_role(dsn: str, role_dsn: str) -> str:
+    """``dsn``'s database, logged in as ``role_dsn``'s user (a role is
+    cluster-wide: the session's writer role works in every test database)."""
+    return dsn_for(str(conninfo_to_dict(dsn)["dbname"]), user=conninfo_to_dict(role_dsn)["user"])
+
+
+# -- counting rows ------------------------------------------------------------------
+
+
+def one_value(dsn: str, query: str, params: Any = None) -> Any:
+    """The first column of the first row of ``query`` (None without a row),
+    on a connection of its own."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        row = conn.execute(query.encode(), params).fetchone()
+    return None if row is None else row[0]
+
+
+def log_counts(conn: psycopg.Connection[Any] | str) -> tuple[int, int]:
+    """(events in the log, idempotency keys kept): what a refused call must
+    leave unchanged."""
+    query = (
+        "SELECT (SELECT count(*) FROM utcp.stored_events),"
+        " (SELECT count(*) FROM utcp.idempotency_keys)"
+    )
+    if isinstance(conn, str):
+        with psycopg.connect(conn, autocommit=True) as own:
+            row = own.execute(query).fetchone()
+    else:
+        row = conn.execute(query).fetchone()
+    assert row is not None
+    return int(row[0]), int(row[1])
+
+
+def event_rows(
+    dsn: str,
+    *,
+    stream_ids: Sequence[str] | None = None,
+    event_ids: Sequence[uuid.UUID] | None = None,
+    through: str | None = None,
+    type: str | None = None,
+) -> int:
+    """Stored events (all of them, or only: of these streams, with these
+    ids, up to and including checkpoint ``through``, of one ``type``)."""
+    tx, pos = (through or "18446744073709551615/9223372036854775807").split("/")
+    return int(
+        one_value(
+            dsn,
+            "SELECT count(*) FROM utcp.stored_events"
+            " WHERE (%(streams)s::text[] IS NULL OR stream_id = ANY(%(streams)s))"
+            "   AND (%(ids)s::uuid[] IS NULL OR event_id = ANY(%(ids)s))"
+            "   AND (tx_id, position) <= (%(tx)s::xid8, %(pos)s)"
+            "   AND (%(type)s::text IS NULL OR type = %(type)s)",
+            {
+                "streams": None if stream_ids is None else list(stream_ids),
+                "ids": None if event_ids is None else list(event_ids),
+                "tx": tx,
+                "pos": int(pos),
+                "type": type,
+            },
+        )
+    )
+
+
+def rows_per_event_id(dsn: str, ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, int]:
+    """How many times each of ``ids`` is stored (absent: not stored)."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        rows = conn.execute(
+            "SELECT event_id, count(*) FROM utcp.stored_events WHERE event_id = ANY(%s) "
+            "GROUP BY event_id",
+            (list(ids),),
+        ).fetchall()
+    return {r[0]: int(r[1]) for r in rows}
+
+
+def key_rows(dsn: str, key: str) -> int:
+    """Rows kept for idempotency key ``key`` (0 or 1)."""
+    return int(one_value(dsn, "SELECT count(*) FROM utcp.idempotency_keys WHERE key = %s", (key,)))
+
+
+# -- waiting ------------------------------------------------------------------------
+
+#: A generous bound for things that take well under a second.
+WAIT = 60.0
+
+
+def wait_until(check: Callable[[], bool], what: str, timeout: float = WAIT) -> None:
+    """Poll ``check`` until it holds; fail naming ``what`` after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+        time.sleep(0.05)
 
 
 @contextmanager
@@ -110,6 +221,16 @@ def database_dsn() -> Iterator[str]:
     """A fresh database with the schema deployed through `eventstore db deploy`."""
     with deployed_database("utcp_test") as dsn:
         yield dsn
+
+
+@pytest.fixture(scope="module")
+def dsn(request: pytest.FixtureRequest) -> Iterator[str]:
+    """A database of the test module's own (superuser DSN), named after the
+    module, dropped after it: for modules that read the whole log, stop a
+    projection for good or hold its locks."""
+    module = request.module.__name__.rsplit(".", 1)[-1].removeprefix("test_")
+    with deployed_database(f"utcp_{module}"[:40]) as own:
+        yield own
 
 
 @contextmanager

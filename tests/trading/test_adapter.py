@@ -18,6 +18,7 @@ from psycopg import sql
 from eventstore import EventStore, IdempotencyConflict, NewEvent, ValidationError
 from eventstore import sql as store_sql
 from tests.support.database import deployed_database
+from tests.support.database import log_counts as counts
 from trading import AuditEvent, StorageAdapter, Trade, trading_registry
 from trading.events import TradeCancelled
 
@@ -25,15 +26,6 @@ REGISTRY = trading_registry()
 
 T0 = dt.datetime(2024, 3, 4, 9, 30, tzinfo=dt.UTC)
 HOUR = dt.timedelta(hours=1)
-
-
-def counts(admin: psycopg.Connection[Any]) -> tuple[int, int]:
-    row = admin.execute(
-        "SELECT (SELECT count(*) FROM utcp.stored_events),"
-        " (SELECT count(*) FROM utcp.idempotency_keys)"
-    ).fetchone()
-    assert row is not None
-    return int(row[0]), int(row[1])
 
 
 def unique_symbol() -> str:

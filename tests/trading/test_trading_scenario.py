@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-import time
 from collections.abc import Callable, Iterator
 from decimal import Decimal
 from pathlib import Path
@@ -25,7 +24,7 @@ from eventstore import AppendResult, EventStore, Settings
 from projections.models import plain_decimal
 from projections.queries import get_portfolio, get_positions
 from projections.runner import ProjectionRunner
-from tests.support.database import deployed_database
+from tests.support.horizon import wait_for_horizon
 from trading import AuditEvent, StorageAdapter, Trade
 from trading.events import CashDeposited, CashWithdrawn, PortfolioOpened, TradeCancelled
 
@@ -146,12 +145,6 @@ def doc_table() -> list[Expected]:
 
 
 @pytest.fixture(scope="module")
-def dsn() -> Iterator[str]:
-    with deployed_database("utcp_scenario") as dsn:
-        yield dsn
-
-
-@pytest.fixture(scope="module")
 def store(dsn: str) -> Iterator[EventStore]:
     with EventStore.open(dsn, Settings(pool_min_size=1, pool_max_size=4)) as s:
         yield s
@@ -228,14 +221,11 @@ def test_worked_example_number_for_number(store: EventStore, dsn: str) -> None:
 def catch_up_through(runner: ProjectionRunner, checkpoint: str) -> None:
     """Project until the step's event is applied. A reader sees a committed
     event only once every older transaction of the cluster has ended
-    (docs/design.md §4): on a shared server that can take a moment."""
-    deadline = time.monotonic() + 60
-    while True:
-        runner.catch_up()
-        if runner.checkpoint() == checkpoint:
-            return
-        assert time.monotonic() < deadline, f"the projection never reached {checkpoint}"
-        time.sleep(0.02)
+    (docs/design.md §4): on a shared server that can take a while, so first wait
+    for the readers' horizon to pass the event's transaction."""
+    wait_for_horizon(runner.store, after=checkpoint.split("/", maxsplit=1)[0])
+    runner.catch_up()
+    assert runner.checkpoint() == checkpoint, "the projection stopped short of the step's event"
 
 
 def check_step(
