@@ -125,19 +125,21 @@ DECLARE
     d_ids       uuid[];
     d_rqs       text[];     -- int[] as text
     -- rows to write
-    w_j         int[] := '{}';
-    w_version   bigint[] := '{}';
-    w_prev      bytea[] := '{}';
-    w_hash      bytea[] := '{}';
+    -- (empty before the decisions below; not initialised here, where a
+    -- group of one would evaluate twelve expressions it never uses)
+    w_j         int[];
+    w_version   bigint[];
+    w_prev      bytea[];
+    w_hash      bytea[];
     w_positions bigint[];
-    wk_req      int[] := '{}';
-    wk_key      text[] := '{}';
-    wk_fp       bytea[] := '{}';
-    wk_stream   text[] := '{}';
-    wk_first    bigint[] := '{}';
-    wk_last     bigint[] := '{}';
-    wk_event    uuid[] := '{}';
-    wk_request  uuid[] := '{}';
+    wk_req      int[];
+    wk_key      text[];
+    wk_fp       bytea[];
+    wk_stream   text[];
+    wk_first    bigint[];
+    wk_last     bigint[];
+    wk_event    uuid[];
+    wk_request  uuid[];
     v_max_tx    xid8;
     v_clock     timestamptz;
     v_now       timestamptz;
@@ -436,9 +438,13 @@ BEGIN
         -- the request's fields, else its first refused event, else an id
         -- twice in the batch, else the batch's size (append_events' order)
         v_problem := COALESCE(q_problem[1], e_problem[1]);
-        IF v_problem IS NULL AND n > 1
-           AND (SELECT pg_catalog.count(DISTINCT x) FROM pg_catalog.unnest(e_ids) AS x) <> n THEN
-            v_problem := 'events: an event id appears twice in the batch';
+        -- (two IFs: a condition with a subquery is a statement of its own,
+        -- started on every call even where AND would skip the subquery; a
+        -- condition without one is an expression)
+        IF v_problem IS NULL AND n > 1 THEN
+            IF (SELECT pg_catalog.count(DISTINCT x) FROM pg_catalog.unnest(e_ids) AS x) <> n THEN
+                v_problem := 'events: an event id appears twice in the batch';
+            END IF;
         END IF;
         IF v_problem IS NULL AND n::bigint * l.max_event_bytes > l.max_batch_bytes THEN
             SELECT pg_catalog.sum(z) INTO v_version FROM pg_catalog.unnest(e_size) AS z;
@@ -573,23 +579,52 @@ BEGIN
             v_hashes[j] := v_hash;
         END LOOP;
 
-        IF p_keys[1] IS NOT NULL THEN
-            INSERT INTO utcp.idempotency_keys
-                   (key, fingerprint, stream_id, first_version, last_version, first_event_id,
-                    request_id)
-            VALUES (p_keys[1], v_fp, p_stream_ids[1], v_version + 1, v_version + n, e_ids[1],
-                    p_request_ids[1]);
-        END IF;
-        IF n = 1 THEN
+        -- The key (if any) and the events in one statement. (No foreign key
+        -- ties them; a concurrent direct append of the same key or event id
+        -- fails this call with 23505 on either, as in the general path.)
+        IF n = 1 AND p_keys[1] IS NULL THEN
             INSERT INTO utcp.stored_events AS e
                    (event_id, stream_id, stream_version, type, data, metadata, symbol,
                     occurred_at, created_at, prev_hash, hash, hash_version, recorded_by)
             VALUES (e_ids[1], p_stream_ids[1], v_version + 1, e_types[1], e_data[1], e_meta[1],
                     e_symbols[1], COALESCE(e_times[1], v_now), v_now, v_head, v_hashes[1], 2, v_who)
             RETURNING ARRAY[e.position] INTO positions;
-        ELSE
+        ELSIF n = 1 THEN
+            WITH claimed AS (
+                INSERT INTO utcp.idempotency_keys
+                       (key, fingerprint, stream_id, first_version, last_version, first_event_id,
+                        request_id)
+                VALUES (p_keys[1], v_fp, p_stream_ids[1], v_version + 1, v_version + 1, e_ids[1],
+                        p_request_ids[1])
+            )
+            INSERT INTO utcp.stored_events AS e
+                   (event_id, stream_id, stream_version, type, data, metadata, symbol,
+                    occurred_at, created_at, prev_hash, hash, hash_version, recorded_by)
+            VALUES (e_ids[1], p_stream_ids[1], v_version + 1, e_types[1], e_data[1], e_meta[1],
+                    e_symbols[1], COALESCE(e_times[1], v_now), v_now, v_head, v_hashes[1], 2, v_who)
+            RETURNING ARRAY[e.position] INTO positions;
+        ELSIF p_keys[1] IS NULL THEN
             -- (RETURNING yields the rows in generate_series' order)
             WITH written AS (
+                INSERT INTO utcp.stored_events AS e
+                       (event_id, stream_id, stream_version, type, data, metadata, symbol,
+                        occurred_at, created_at, prev_hash, hash, hash_version, recorded_by)
+                SELECT e_ids[x.i], p_stream_ids[1], v_version + x.i, e_types[x.i], e_data[x.i],
+                       e_meta[x.i], e_symbols[x.i], COALESCE(e_times[x.i], v_now), v_now,
+                       CASE WHEN x.i = 1 THEN v_head ELSE v_hashes[x.i - 1] END, v_hashes[x.i],
+                       2, v_who
+                  FROM pg_catalog.generate_series(1, n) AS x(i)
+                RETURNING e.position
+            )
+            SELECT pg_catalog.array_agg(w.position) INTO positions FROM written w;
+        ELSE
+            WITH claimed AS (
+                INSERT INTO utcp.idempotency_keys
+                       (key, fingerprint, stream_id, first_version, last_version, first_event_id,
+                        request_id)
+                VALUES (p_keys[1], v_fp, p_stream_ids[1], v_version + 1, v_version + n, e_ids[1],
+                        p_request_ids[1])
+            ), written AS (
                 INSERT INTO utcp.stored_events AS e
                        (event_id, stream_id, stream_version, type, data, metadata, symbol,
                         occurred_at, created_at, prev_hash, hash, hash_version, recorded_by)
@@ -611,6 +646,10 @@ BEGIN
         RETURN;
     END IF;
 
+    w_j := '{}'; w_version := '{}'; w_prev := '{}'; w_hash := '{}';
+    wk_req := '{}'; wk_key := '{}'; wk_fp := '{}'; wk_stream := '{}';
+    wk_first := '{}'; wk_last := '{}'; wk_event := '{}'; wk_request := '{}';
+
     -- Each request's first refused event, then an id twice in one batch,
     -- then the batch's size: append_events' order.
     FOR n IN 1 .. COALESCE(pg_catalog.cardinality(e_problem_rq), 0) LOOP
@@ -621,6 +660,7 @@ BEGIN
     IF pg_catalog.cardinality(e_ids) > 1
        AND (SELECT pg_catalog.count(DISTINCT x) FROM pg_catalog.unnest(e_ids) AS x)
            <> pg_catalog.cardinality(pg_catalog.array_remove(e_ids, NULL)) THEN
+        -- (a group of two or more: this condition is a statement, see above)
         -- ids that occur more than once in the group, with the requests
         -- that carry them (twice in one request: that request is refused)
         SELECT pg_catalog.array_agg(z.id), pg_catalog.array_agg(z.rqs::text)
