@@ -32,7 +32,14 @@
 --     group of two or more, the ids already in the log), one every key
 --     (only when a request has one), one inserts every event, one every
 --     key. The per-event work left in PL/pgSQL is the hash chain
---     (sequential by nature).
+--     (sequential by nature);
+--   * a group of one (every append of the direct writer) shares the checks
+--     statement, then takes a path of its own: the same decisions in the
+--     same order, without per-request arrays, its locks taken by an
+--     expression rather than a statement, its head, the hazard and its key
+--     read in one statement. It costs about what append_events costs
+--     (bench/pgbench/README.md); test_append_group holds it to the general
+--     path, outcome by outcome and row by row.
 --
 -- Each request is decided in append_events' order: its own fields ('i'),
 -- the operator check ('a'), its events ('i'), its key ('k' or 'c'), the
@@ -76,9 +83,6 @@ DECLARE
     l           record;
     v_n         int;
     v_who       text := session_user;
-    v_deep      jsonpath;
-    v_numbers   jsonpath;
-    v_fractions jsonpath := 'strict $.** ? (@.type() == "number" && @ != @.floor())';
     -- per request (index i)
     q_problem   text[];
     q_count     int[];
@@ -121,19 +125,21 @@ DECLARE
     d_ids       uuid[];
     d_rqs       text[];     -- int[] as text
     -- rows to write
-    w_j         int[] := '{}';
-    w_version   bigint[] := '{}';
-    w_prev      bytea[] := '{}';
-    w_hash      bytea[] := '{}';
+    -- (empty before the decisions below; not initialised here, where a
+    -- group of one would evaluate twelve expressions it never uses)
+    w_j         int[];
+    w_version   bigint[];
+    w_prev      bytea[];
+    w_hash      bytea[];
     w_positions bigint[];
-    wk_req      int[] := '{}';
-    wk_key      text[] := '{}';
-    wk_fp       bytea[] := '{}';
-    wk_stream   text[] := '{}';
-    wk_first    bigint[] := '{}';
-    wk_last     bigint[] := '{}';
-    wk_event    uuid[] := '{}';
-    wk_request  uuid[] := '{}';
+    wk_req      int[];
+    wk_key      text[];
+    wk_fp       bytea[];
+    wk_stream   text[];
+    wk_first    bigint[];
+    wk_last     bigint[];
+    wk_event    uuid[];
+    wk_request  uuid[];
     v_max_tx    xid8;
     v_clock     timestamptz;
     v_now       timestamptz;
@@ -148,6 +154,19 @@ DECLARE
     j           int;
     n           int;
     rqs         int[];
+    -- a group of one
+    v_problem   text;
+    v_head      bytea;
+    v_head_at   timestamptz;
+    v_fp        bytea;
+    v_hashes    bytea[];
+    v_locked    boolean;
+    k1_fp       bytea;
+    k1_stream   text;
+    k1_first    bigint;
+    k1_last     bigint;
+    k1_request  uuid;
+    k1_positions bigint[];
 BEGIN
     l := utcp.log_limits();
 
@@ -172,21 +191,20 @@ BEGIN
             USING ERRCODE = '22023';
     END IF;
 
-    v_deep := pg_catalog.format('strict $.**{%s} ? (@.type() == "object" || @.type() == "array")',
-                                l.max_depth)::jsonpath;
-    v_numbers := pg_catalog.format(
-        'strict $.** ? (@.type() == "number" && (@ >= 1e%1$s || @ <= -1e%1$s || (@ != 0 && @ > -1e-%1$s && @ < 1e-%1$s)))',
-        l.max_number_exponent)::jsonpath;
-
     -- Every request and every event of the group, in one statement: the
     -- checks and derived columns of append_events, the same expressions and
     -- messages (events[k] counts within its request). Arrays of events are
     -- in request order, then batch order (see append_guarded.sql on why the
-    -- plain aggregates keep that order: here too rows flow from ROWS FROM and
-    -- a nested loop over jsonb_array_elements through materialized CTEs into
-    -- one Agg). Events of a refused request are not checked.
+    -- plain aggregates keep that order: here too rows flow from
+    -- unnest and a nested loop over jsonb_array_elements through
+    -- materialized CTEs into one Agg). Events of a refused request are not
+    -- checked: it yields one row without an event (ord NULL), which carries
+    -- its problem; a request's first row carries its problem and size.
+    -- (One Agg over one row source: the requests are read by subscript, not
+    -- by five unnests, and not aggregated apart; each of those is an
+    -- executor node to start on every call.)
     WITH req AS (
-        SELECT r.i, r.s, r.k, r.x, CASE
+        SELECT r.i, r.s, r.x, r.tfs, CASE
             WHEN r.s IS NULL OR r.s ~ l.blank_pattern THEN 'stream_id: stream id must not be empty'
             WHEN pg_catalog.char_length(r.s) > l.max_id_length
                 THEN pg_catalog.format('stream_id: stream id is longer than %s characters', l.max_id_length)
@@ -212,19 +230,27 @@ BEGIN
                 THEN pg_catalog.format('events: %s events in one append; the limit is %s',
                                        pg_catalog.jsonb_array_length(r.x), l.max_batch_events)
         END AS problem
-          FROM ROWS FROM (pg_catalog.unnest(p_stream_ids), pg_catalog.unnest(p_keys),
-                          pg_catalog.unnest(p_request_ids), pg_catalog.unnest(p_expected),
-                          pg_catalog.jsonb_array_elements(p_events))
-               WITH ORDINALITY AS r(s, k, q, v, x, i)
+          FROM (SELECT g.i::int AS i, g.s, p_keys[g.i] AS k, p_request_ids[g.i] AS q,
+                       p_expected[g.i] AS v, p_events -> (g.i::int - 1) AS x,
+                       -- each type's time field (one InitPlan: written in
+                       -- ev, it was copied into each reference to ev.tf)
+                       (SELECT pg_catalog.jsonb_object_agg(f.type, f.time_field)
+                          FROM utcp.event_time_fields f) AS tfs
+                  FROM pg_catalog.unnest(p_stream_ids) WITH ORDINALITY AS g(s, i)
+                OFFSET 0) AS r  -- (each request's CASE once, not once per reference)
+          -- (unnest, not generate_series(1, v_n): the plan is generic, and
+          -- generate_series of a parameter is estimated at 1,000 rows, which
+          -- priced the statement past jit_above_cost: half a second of JIT
+          -- compilation on every call)
     ), ev AS (
-        SELECT req.i AS rq, req.s AS sid, x.ord, x.e, x.e -> 'data' AS data, x.e -> 'metadata' AS meta,
+        SELECT req.i AS rq, req.s AS sid, req.problem AS rproblem,
+               CASE WHEN req.problem IS NULL THEN pg_catalog.jsonb_array_length(req.x) END AS cnt,
+               x.ord, x.e, x.e -> 'data' AS data, x.e -> 'metadata' AS meta,
                x.e ->> 'type' AS type, x.e ->> 'id' AS id,
-               COALESCE((SELECT pg_catalog.jsonb_object_agg(f.type, f.time_field)
-                           FROM utcp.event_time_fields f) ->> (x.e ->> 'type'),
-                        'occurred_at') AS tf
+               COALESCE(req.tfs ->> (x.e ->> 'type'), 'occurred_at') AS tf
           FROM req
-          CROSS JOIN LATERAL pg_catalog.jsonb_array_elements(req.x) WITH ORDINALITY AS x(e, ord)
-         WHERE req.problem IS NULL
+          LEFT JOIN LATERAL pg_catalog.jsonb_array_elements(CASE WHEN req.problem IS NULL THEN req.x END)
+               WITH ORDINALITY AS x(e, ord) ON true
     ), sized AS MATERIALIZED (
         SELECT ev.*, ev.data -> ev.tf AS t, ev.data -> 'symbol' AS s,
                CASE WHEN pg_catalog.jsonb_typeof(ev.data) = 'object'
@@ -240,6 +266,7 @@ BEGIN
           FROM sized z
     ), checked AS MATERIALIZED (
         SELECT c.*, CASE
+            WHEN c.ord IS NULL THEN NULL  -- a refused request's row
             WHEN pg_catalog.jsonb_typeof(c.e) <> 'object'
                 THEN pg_catalog.format('events[%s]: each event must be a JSON object', c.ord - 1)
             WHEN c.e - '{id,type,data,metadata,id_given}'::text[] <> '{}'::jsonb
@@ -273,33 +300,49 @@ BEGIN
             WHEN c.size > l.max_event_bytes
                 THEN pg_catalog.format('events[%s].data: event is %s bytes as stored; the limit is %s',
                                        c.ord - 1, c.size, l.max_event_bytes)
-            WHEN c.data_size >= 2 * (l.max_depth + 1) AND pg_catalog.jsonb_path_exists(c.data, v_deep)
+            WHEN c.data_size >= 2 * (l.max_depth + 1) AND pg_catalog.jsonb_path_exists(c.data, (SELECT pg_catalog.format(
+                     'strict $.**{%s} ? (@.type() == "object" || @.type() == "array")',
+                     l.max_depth)::jsonpath))
                 THEN pg_catalog.format('events[%s].data: nested more than %s levels deep',
                                        c.ord - 1, l.max_depth)
-            WHEN COALESCE(c.meta_size, 0) >= 2 * (l.max_depth + 1) AND pg_catalog.jsonb_path_exists(c.meta, v_deep)
+            WHEN COALESCE(c.meta_size, 0) >= 2 * (l.max_depth + 1) AND pg_catalog.jsonb_path_exists(c.meta, (SELECT pg_catalog.format(
+                     'strict $.**{%s} ? (@.type() == "object" || @.type() == "array")',
+                     l.max_depth)::jsonpath))
                 THEN pg_catalog.format('events[%s].metadata: nested more than %s levels deep',
                                        c.ord - 1, l.max_depth)
-            WHEN c.data_size > l.max_number_exponent AND pg_catalog.jsonb_path_exists(c.data, v_numbers)
+            WHEN c.data_size > l.max_number_exponent AND pg_catalog.jsonb_path_exists(c.data, (SELECT pg_catalog.format(
+                     'strict $.** ? (@.type() == "number" && (@ >= 1e%1$s || @ <= -1e%1$s || (@ != 0 && @ > -1e-%1$s && @ < 1e-%1$s)))',
+                     l.max_number_exponent)::jsonpath))
                 THEN pg_catalog.format(
                     'events[%s].data: a number is out of range (non-zero numbers must be '
                     'between 1e-%s and 1e%s in absolute value)',
                     c.ord - 1, l.max_number_exponent, l.max_number_exponent)
-            WHEN COALESCE(c.meta_size, 0) > l.max_number_exponent AND pg_catalog.jsonb_path_exists(c.meta, v_numbers)
+            WHEN COALESCE(c.meta_size, 0) > l.max_number_exponent AND pg_catalog.jsonb_path_exists(c.meta, (SELECT pg_catalog.format(
+                     'strict $.** ? (@.type() == "number" && (@ >= 1e%1$s || @ <= -1e%1$s || (@ != 0 && @ > -1e-%1$s && @ < 1e-%1$s)))',
+                     l.max_number_exponent)::jsonpath))
                 THEN pg_catalog.format(
                     'events[%s].metadata: a number is out of range (non-zero numbers must be '
                     'between 1e-%s and 1e%s in absolute value)',
                     c.ord - 1, l.max_number_exponent, l.max_number_exponent)
-            -- (jsonb_path_exists first: a document without a fraction, the
-            -- usual case, skips the row source of jsonb_path_query)
-            WHEN pg_catalog.jsonb_path_exists(c.data, v_fractions)
-                 AND EXISTS (SELECT FROM pg_catalog.jsonb_path_query(c.data, v_fractions) AS n(v)
+            -- A non-integer has a '.' in the document's text (jsonb writes
+            -- numbers in plain notation): a text without one holds none, and
+            -- the walk is skipped; jsonb_path_exists then spares the usual
+            -- document (no fraction) the row source of jsonb_path_query.
+            WHEN pg_catalog.position(c.data_bytes, E'\\x2e'::bytea) > 0
+                 AND pg_catalog.jsonb_path_exists(
+                         c.data, 'strict $.** ? (@.type() == "number" && @ != @.floor())'::jsonpath)
+                 AND EXISTS (SELECT FROM pg_catalog.jsonb_path_query(
+                                 c.data, 'strict $.** ? (@.type() == "number" && @ != @.floor())'::jsonpath) AS n(v)
                           WHERE (n.v #>> '{}')::numeric
                                 OPERATOR(pg_catalog.<>) ((n.v #>> '{}')::float8::text)::numeric)
                 THEN pg_catalog.format(
                     'events[%s].data: a number has more significant digits than a reader '
                     'decodes exactly (a double: about 15 to 17); send it as a string', c.ord - 1)
-            WHEN pg_catalog.jsonb_path_exists(c.meta, v_fractions)
-                 AND EXISTS (SELECT FROM pg_catalog.jsonb_path_query(c.meta, v_fractions) AS n(v)
+            WHEN pg_catalog.position(c.meta_bytes, E'\\x2e'::bytea) > 0
+                 AND pg_catalog.jsonb_path_exists(
+                         c.meta, 'strict $.** ? (@.type() == "number" && @ != @.floor())'::jsonpath)
+                 AND EXISTS (SELECT FROM pg_catalog.jsonb_path_query(
+                                 c.meta, 'strict $.** ? (@.type() == "number" && @ != @.floor())'::jsonpath) AS n(v)
                           WHERE (n.v #>> '{}')::numeric
                                 OPERATOR(pg_catalog.<>) ((n.v #>> '{}')::float8::text)::numeric)
                 THEN pg_catalog.format(
@@ -334,20 +377,19 @@ BEGIN
         END AS problem
           FROM measured c
     )
-    SELECT (SELECT pg_catalog.array_agg(req.problem) FROM req),
-           (SELECT pg_catalog.array_agg(CASE WHEN req.problem IS NULL
-                                             THEN pg_catalog.jsonb_array_length(req.x) END)
-              FROM req),
+    SELECT pg_catalog.array_agg(c.rproblem) FILTER (WHERE c.ord IS NULL OR c.ord = 1),
+           pg_catalog.array_agg(c.cnt) FILTER (WHERE c.ord IS NULL OR c.ord = 1),
            pg_catalog.array_agg(c.rq) FILTER (WHERE c.problem IS NOT NULL),
            pg_catalog.array_agg(c.problem) FILTER (WHERE c.problem IS NOT NULL),
-           pg_catalog.array_agg(c.rq),
-           pg_catalog.array_agg(c.size),
-           pg_catalog.array_agg(CASE WHEN c.problem IS NULL THEN c.id::uuid END),
-           pg_catalog.array_agg(c.type),
-           pg_catalog.array_agg(c.data),
-           pg_catalog.array_agg(NULLIF(c.meta, 'null'::jsonb)),
-           pg_catalog.array_agg(c.s #>> '{}'),
-           pg_catalog.array_agg(CASE WHEN c.problem IS NULL THEN (c.t #>> '{}')::timestamptz END),
+           pg_catalog.array_agg(c.rq) FILTER (WHERE c.ord IS NOT NULL),
+           pg_catalog.array_agg(c.size) FILTER (WHERE c.ord IS NOT NULL),
+           pg_catalog.array_agg(CASE WHEN c.problem IS NULL THEN c.id::uuid END) FILTER (WHERE c.ord IS NOT NULL),
+           pg_catalog.array_agg(c.type) FILTER (WHERE c.ord IS NOT NULL),
+           pg_catalog.array_agg(c.data) FILTER (WHERE c.ord IS NOT NULL),
+           pg_catalog.array_agg(NULLIF(c.meta, 'null'::jsonb)) FILTER (WHERE c.ord IS NOT NULL),
+           pg_catalog.array_agg(c.s #>> '{}') FILTER (WHERE c.ord IS NOT NULL),
+           pg_catalog.array_agg(CASE WHEN c.problem IS NULL THEN (c.t #>> '{}')::timestamptz END)
+               FILTER (WHERE c.ord IS NOT NULL),
            -- each event's part of its request's fingerprint (append_events:
            -- type, data, metadata, and its id only where the caller chose it)
            pg_catalog.array_agg(CASE WHEN c.problem IS NULL AND p_keys[c.rq] IS NOT NULL THEN
@@ -359,7 +401,7 @@ BEGIN
                                E'\\xffffffff'::bytea)
                       || COALESCE(pg_catalog.int4send(pg_catalog.octet_length(pg_catalog.convert_to(CASE WHEN (c.e ->> 'id_given')::boolean THEN pg_catalog.lower(c.id) END, 'UTF8')))
                    || pg_catalog.convert_to(CASE WHEN (c.e ->> 'id_given')::boolean THEN pg_catalog.lower(c.id) END, 'UTF8'), E'\\xffffffff'::bytea)
-                  END),
+                  END) FILTER (WHERE c.ord IS NOT NULL),
            -- scheme 2's fields that do not depend on the stream's head, as
            -- in append_events: 'utcp-event-v2', id, stream | version |
            -- type, data, metadata, symbol
@@ -368,7 +410,7 @@ BEGIN
                || COALESCE(pg_catalog.int4send(pg_catalog.octet_length(pg_catalog.convert_to(pg_catalog.lower(c.id), 'UTF8')))
                    || pg_catalog.convert_to(pg_catalog.lower(c.id), 'UTF8'), E'\\xffffffff'::bytea)
                || COALESCE(pg_catalog.int4send(pg_catalog.octet_length(pg_catalog.convert_to(c.sid, 'UTF8')))
-                   || pg_catalog.convert_to(c.sid, 'UTF8'), E'\\xffffffff'::bytea) END),
+                   || pg_catalog.convert_to(c.sid, 'UTF8'), E'\\xffffffff'::bytea) END) FILTER (WHERE c.ord IS NOT NULL),
            pg_catalog.array_agg(CASE WHEN c.problem IS NULL THEN
                COALESCE(pg_catalog.int4send(pg_catalog.octet_length(pg_catalog.convert_to(c.type, 'UTF8')))
                    || pg_catalog.convert_to(c.type, 'UTF8'), E'\\xffffffff'::bytea)
@@ -377,10 +419,236 @@ BEGIN
                || COALESCE(pg_catalog.int4send(pg_catalog.octet_length(c.meta_bytes)) || c.meta_bytes,
                                    E'\\xffffffff'::bytea)
                || COALESCE(pg_catalog.int4send(pg_catalog.octet_length(pg_catalog.convert_to(c.s #>> '{}', 'UTF8')))
-                   || pg_catalog.convert_to(c.s #>> '{}', 'UTF8'), E'\\xffffffff'::bytea) END)
+                   || pg_catalog.convert_to(c.s #>> '{}', 'UTF8'), E'\\xffffffff'::bytea) END) FILTER (WHERE c.ord IS NOT NULL)
       INTO q_problem, q_count, e_problem_rq, e_problem, e_rq, e_size,
            e_ids, e_types, e_data, e_meta, e_symbols, e_times, e_fp, e_part1, e_part2
       FROM checked c;
+
+    IF v_n = 1 THEN
+        -- A group of one (every append of the direct writer): the decisions
+        -- of the loops below for one request, in the same order, with the
+        -- same messages and the same rows written, without their
+        -- per-request arrays and with fewer statements: the lock is taken
+        -- by an expression (no statement of its own), and the head, the log
+        -- order hazard and the key's stored result are read in one
+        -- statement. tests/eventstore/test_append_group.py holds the two
+        -- paths to the same outcomes and stored rows.
+        request := 1;
+        n := q_count[1];
+        -- the request's fields, else its first refused event, else an id
+        -- twice in the batch, else the batch's size (append_events' order)
+        v_problem := COALESCE(q_problem[1], e_problem[1]);
+        -- (two IFs: a condition with a subquery is a statement of its own,
+        -- started on every call even where AND would skip the subquery; a
+        -- condition without one is an expression)
+        IF v_problem IS NULL AND n > 1 THEN
+            IF (SELECT pg_catalog.count(DISTINCT x) FROM pg_catalog.unnest(e_ids) AS x) <> n THEN
+                v_problem := 'events: an event id appears twice in the batch';
+            END IF;
+        END IF;
+        IF v_problem IS NULL AND n::bigint * l.max_event_bytes > l.max_batch_bytes THEN
+            SELECT pg_catalog.sum(z) INTO v_version FROM pg_catalog.unnest(e_size) AS z;
+            IF v_version > l.max_batch_bytes THEN
+                v_problem := pg_catalog.format(
+                    'events: the batch is %s bytes as stored; the limit is %s',
+                    v_version, l.max_batch_bytes);
+            END IF;
+        END IF;
+        IF n IS NOT NULL AND pg_catalog.split_part(p_stream_ids[1], '-', 1) = 'projection'
+           AND NOT pg_catalog.pg_has_role(v_who, 'utcp_operator', 'MEMBER') THEN
+            outcome := 'a';
+            message := pg_catalog.format(
+                'only operators (members of utcp_operator) may append to %s', p_stream_ids[1]);
+            RETURN NEXT;
+            RETURN;
+        ELSIF v_problem IS NOT NULL THEN
+            outcome := 'i';
+            message := v_problem;
+            RETURN NEXT;
+            RETURN;
+        END IF;
+
+        -- The same advisory locks as a group's (an assignment evaluates its
+        -- expression without a statement's executor, which PERFORM starts).
+        v_locked := pg_catalog.pg_advisory_xact_lock(
+                        1970561904, pg_catalog.hashtext(p_stream_ids[1])) IS NULL;
+        IF p_keys[1] IS NOT NULL THEN
+            v_locked := pg_catalog.pg_advisory_xact_lock(
+                            1970561905, pg_catalog.hashtext(p_keys[1])) IS NULL;
+        END IF;
+        -- After the locks (a statement of its own, so its snapshot sees what
+        -- a group that held them committed): the head and the hazard, and
+        -- with a key its stored result and positions (a statement of its
+        -- own without one: the key's scans are executor nodes to start). An
+        -- id already in the log is not looked up (see the header).
+        IF p_keys[1] IS NULL THEN
+            SELECT h.stream_version, h.hash, h.created_at,
+                   (SELECT pg_catalog.max(e.tx_id) FROM utcp.stored_events e)
+              INTO v_version, v_head, v_head_at, v_max_tx
+              FROM (SELECT 1) AS one
+              LEFT JOIN (SELECT e.stream_version, e.hash, e.created_at
+                           FROM utcp.stored_events e
+                          WHERE e.stream_id = p_stream_ids[1]
+                          ORDER BY e.stream_version DESC LIMIT 1) h ON true;
+        ELSE
+            SELECT h.stream_version, h.hash, h.created_at,
+                   (SELECT pg_catalog.max(e.tx_id) FROM utcp.stored_events e),
+                   k.fingerprint, k.stream_id, k.first_version, k.last_version, k.request_id,
+                   k.positions
+              INTO v_version, v_head, v_head_at, v_max_tx,
+                   k1_fp, k1_stream, k1_first, k1_last, k1_request, k1_positions
+              FROM (SELECT 1) AS one
+              LEFT JOIN (SELECT e.stream_version, e.hash, e.created_at
+                           FROM utcp.stored_events e
+                          WHERE e.stream_id = p_stream_ids[1]
+                          ORDER BY e.stream_version DESC LIMIT 1) h ON true
+              LEFT JOIN (SELECT i.fingerprint, i.stream_id, i.first_version, i.last_version,
+                                i.request_id,
+                                (SELECT pg_catalog.array_agg(e.position ORDER BY e.stream_version)
+                                   FROM utcp.stored_events e
+                                  WHERE e.stream_id = i.stream_id
+                                    AND e.stream_version BETWEEN i.first_version AND i.last_version)
+                                  AS positions
+                           FROM utcp.idempotency_keys i
+                          WHERE i.key = p_keys[1]) k ON true;
+        END IF;
+        IF v_max_tx >= pg_catalog.pg_snapshot_xmax(pg_catalog.pg_current_snapshot())
+           AND v_max_tx IS DISTINCT FROM pg_catalog.pg_current_xact_id_if_assigned() THEN
+            RAISE EXCEPTION 'the log holds transaction ids (up to %) ahead of this cluster''s', v_max_tx
+                USING ERRCODE = 'UT002',
+                      HINT = 'The log was restored logically into a new cluster: see docs/runbook.md, "Restores".';
+        END IF;
+        v_clock := pg_catalog.clock_timestamp();
+
+        IF p_keys[1] IS NOT NULL THEN
+            v_buf := pg_catalog.convert_to('utcp-request-v2', 'UTF8')
+                || pg_catalog.int4send(pg_catalog.octet_length(pg_catalog.convert_to(v_who, 'UTF8')))
+                || pg_catalog.convert_to(v_who, 'UTF8')
+                || pg_catalog.int4send(pg_catalog.octet_length(pg_catalog.convert_to(p_stream_ids[1], 'UTF8')))
+                || pg_catalog.convert_to(p_stream_ids[1], 'UTF8');
+            FOR j IN 1 .. n LOOP
+                v_buf := v_buf || e_fp[j];
+            END LOOP;
+            v_fp := pg_catalog.sha256(v_buf);
+            IF k1_stream IS NOT NULL THEN
+                IF k1_fp = v_fp AND k1_stream = p_stream_ids[1] THEN
+                    outcome := 'k';
+                    stream_id := k1_stream;
+                    first_version := k1_first;
+                    last_version := k1_last;
+                    positions := k1_positions;
+                    request_id := k1_request;
+                ELSE
+                    outcome := 'c';
+                    message := pg_catalog.format(
+                        'idempotency key %s was already used for a different request '
+                        '(another stream, other content, or another role''s)', p_keys[1]);
+                END IF;
+                RETURN NEXT;
+                RETURN;
+            END IF;
+        END IF;
+
+        v_version := COALESCE(v_version, 0);
+        IF p_expected[1] IS NOT NULL
+           AND ((p_expected[1] = -1 AND v_version = 0)
+                OR (p_expected[1] >= 0 AND p_expected[1] <> v_version)) THEN
+            outcome := 'v';
+            stream_id := p_stream_ids[1];
+            actual_version := v_version;
+            message := pg_catalog.format('stream %s is at version %s', p_stream_ids[1], v_version);
+            RETURN NEXT;
+            RETURN;
+        END IF;
+
+        v_now := GREATEST(v_clock, v_head_at);
+        v_tail := COALESCE(pg_catalog.int4send(pg_catalog.octet_length(pg_catalog.convert_to(((EXTRACT(epoch FROM v_now) * 1000000)::bigint)::text, 'UTF8')))
+                       || pg_catalog.convert_to(((EXTRACT(epoch FROM v_now) * 1000000)::bigint)::text, 'UTF8'), E'\\xffffffff'::bytea)
+                  || COALESCE(pg_catalog.int4send(pg_catalog.octet_length(pg_catalog.convert_to(v_who, 'UTF8')))
+                       || pg_catalog.convert_to(v_who, 'UTF8'), E'\\xffffffff'::bytea);
+        v_hash := v_head;
+        FOR j IN 1 .. n LOOP
+            v_hash := pg_catalog.sha256(COALESCE(v_hash, E'\\x'::bytea)
+                || e_part1[j]
+                || COALESCE(pg_catalog.int4send(pg_catalog.octet_length(pg_catalog.convert_to((v_version + j)::text, 'UTF8')))
+                       || pg_catalog.convert_to((v_version + j)::text, 'UTF8'), E'\\xffffffff'::bytea)
+                || e_part2[j]
+                || COALESCE(pg_catalog.int4send(pg_catalog.octet_length(pg_catalog.convert_to(((EXTRACT(epoch FROM COALESCE(e_times[j], v_now)) * 1000000)::bigint)::text, 'UTF8')))
+                       || pg_catalog.convert_to(((EXTRACT(epoch FROM COALESCE(e_times[j], v_now)) * 1000000)::bigint)::text, 'UTF8'), E'\\xffffffff'::bytea)
+                || v_tail);
+            v_hashes[j] := v_hash;
+        END LOOP;
+
+        -- The key (if any) and the events in one statement. (No foreign key
+        -- ties them; a concurrent direct append of the same key or event id
+        -- fails this call with 23505 on either, as in the general path.)
+        IF n = 1 AND p_keys[1] IS NULL THEN
+            INSERT INTO utcp.stored_events AS e
+                   (event_id, stream_id, stream_version, type, data, metadata, symbol,
+                    occurred_at, created_at, prev_hash, hash, hash_version, recorded_by)
+            VALUES (e_ids[1], p_stream_ids[1], v_version + 1, e_types[1], e_data[1], e_meta[1],
+                    e_symbols[1], COALESCE(e_times[1], v_now), v_now, v_head, v_hashes[1], 2, v_who)
+            RETURNING ARRAY[e.position] INTO positions;
+        ELSIF n = 1 THEN
+            WITH claimed AS (
+                INSERT INTO utcp.idempotency_keys
+                       (key, fingerprint, stream_id, first_version, last_version, first_event_id,
+                        request_id)
+                VALUES (p_keys[1], v_fp, p_stream_ids[1], v_version + 1, v_version + 1, e_ids[1],
+                        p_request_ids[1])
+            )
+            INSERT INTO utcp.stored_events AS e
+                   (event_id, stream_id, stream_version, type, data, metadata, symbol,
+                    occurred_at, created_at, prev_hash, hash, hash_version, recorded_by)
+            VALUES (e_ids[1], p_stream_ids[1], v_version + 1, e_types[1], e_data[1], e_meta[1],
+                    e_symbols[1], COALESCE(e_times[1], v_now), v_now, v_head, v_hashes[1], 2, v_who)
+            RETURNING ARRAY[e.position] INTO positions;
+        ELSIF p_keys[1] IS NULL THEN
+            -- (RETURNING yields the rows in generate_series' order)
+            WITH written AS (
+                INSERT INTO utcp.stored_events AS e
+                       (event_id, stream_id, stream_version, type, data, metadata, symbol,
+                        occurred_at, created_at, prev_hash, hash, hash_version, recorded_by)
+                SELECT e_ids[x.i], p_stream_ids[1], v_version + x.i, e_types[x.i], e_data[x.i],
+                       e_meta[x.i], e_symbols[x.i], COALESCE(e_times[x.i], v_now), v_now,
+                       CASE WHEN x.i = 1 THEN v_head ELSE v_hashes[x.i - 1] END, v_hashes[x.i],
+                       2, v_who
+                  FROM pg_catalog.generate_series(1, n) AS x(i)
+                RETURNING e.position
+            )
+            SELECT pg_catalog.array_agg(w.position) INTO positions FROM written w;
+        ELSE
+            WITH claimed AS (
+                INSERT INTO utcp.idempotency_keys
+                       (key, fingerprint, stream_id, first_version, last_version, first_event_id,
+                        request_id)
+                VALUES (p_keys[1], v_fp, p_stream_ids[1], v_version + 1, v_version + n, e_ids[1],
+                        p_request_ids[1])
+            ), written AS (
+                INSERT INTO utcp.stored_events AS e
+                       (event_id, stream_id, stream_version, type, data, metadata, symbol,
+                        occurred_at, created_at, prev_hash, hash, hash_version, recorded_by)
+                SELECT e_ids[x.i], p_stream_ids[1], v_version + x.i, e_types[x.i], e_data[x.i],
+                       e_meta[x.i], e_symbols[x.i], COALESCE(e_times[x.i], v_now), v_now,
+                       CASE WHEN x.i = 1 THEN v_head ELSE v_hashes[x.i - 1] END, v_hashes[x.i],
+                       2, v_who
+                  FROM pg_catalog.generate_series(1, n) AS x(i)
+                RETURNING e.position
+            )
+            SELECT pg_catalog.array_agg(w.position) INTO positions FROM written w;
+        END IF;
+        outcome := 'w';
+        stream_id := p_stream_ids[1];
+        first_version := v_version + 1;
+        last_version := v_version + n;
+        request_id := p_request_ids[1];
+        RETURN NEXT;
+        RETURN;
+    END IF;
+
+    w_j := '{}'; w_version := '{}'; w_prev := '{}'; w_hash := '{}';
+    wk_req := '{}'; wk_key := '{}'; wk_fp := '{}'; wk_stream := '{}';
+    wk_first := '{}'; wk_last := '{}'; wk_event := '{}'; wk_request := '{}';
 
     -- Each request's first refused event, then an id twice in one batch,
     -- then the batch's size: append_events' order.
@@ -392,6 +660,7 @@ BEGIN
     IF pg_catalog.cardinality(e_ids) > 1
        AND (SELECT pg_catalog.count(DISTINCT x) FROM pg_catalog.unnest(e_ids) AS x)
            <> pg_catalog.cardinality(pg_catalog.array_remove(e_ids, NULL)) THEN
+        -- (a group of two or more: this condition is a statement, see above)
         -- ids that occur more than once in the group, with the requests
         -- that carry them (twice in one request: that request is refused)
         SELECT pg_catalog.array_agg(z.id), pg_catalog.array_agg(z.rqs::text)

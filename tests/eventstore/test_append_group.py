@@ -13,6 +13,7 @@ import threading
 import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Any
 
 import msgspec
@@ -617,3 +618,179 @@ def test_the_store_reads_what_a_group_wrote(group_dsn: str, writer: str) -> None
     with EventStore.open(group_dsn, SETTINGS) as store:
         assert [e.data["n"] for e in store.read_stream(s)] == [1, 2, 3]
         assert store.verify_chain(s).ok
+
+
+# -- a group of one (its own path in the function) ---------------------------
+
+
+def _twin_case(name: str, operator_stream: bool = False) -> tuple[list[Req], Req]:
+    """(prior requests, the request under test) for one case; streams and
+    keys are placeholders ({s}, {k}) filled per twin."""
+    when = "2026-03-02T15:30:00Z"
+    fixed = str(uuid.uuid4())
+    cases: dict[str, tuple[list[Req], Req]] = {
+        "new-stream": ([], Req("{s}", [ev(1, symbol="AAPL", occurred_at=when)], expected=0)),
+        "append": ([Req("{s}", [ev(1)])], Req("{s}", [ev(2)], expected=1)),
+        "batch": (
+            [Req("{s}", [ev(1)])],
+            Req("{s}", [ev(2, symbol="MSFT"), ev(3, occurred_at=when), ev(4, f=0.5)], expected=-1),
+        ),
+        "any-version": ([Req("{s}", [ev(1)])], Req("{s}", [ev(2)])),
+        "wrong-version": ([Req("{s}", [ev(1)])], Req("{s}", [ev(2)], expected=5)),
+        "must-exist": ([], Req("{s}", [ev(1)], expected=-1)),
+        "bad-stream": ([], Req("", [ev(1)])),
+        "bad-expected": ([], Req("{s}", [ev(1)], expected=-2)),
+        "bad-event": ([], Req("{s}", [ev(1), ev(2, type_="2 bad")])),
+        # more digits than a double holds: refused (a '.' only in a string,
+        # or no '.' at all, is no fraction)
+        "bad-fraction": ([], Req("{s}", [ev(1, f=Decimal("0.1234567890123456789"))])),
+        "bad-fraction-metadata": (
+            [],
+            Req("{s}", [dict(ev(1), metadata={"f": Decimal("-2.0000000000000000001")})]),
+        ),
+        "dot-in-a-string": ([], Req("{s}", [ev(1, price="101.5", f=Decimal("1.0"))])),
+        "bad-metadata": ([], Req("{s}", [dict(ev(1), metadata=[1])])),
+        "repeated-id": ([], Req("{s}", [ev(1, eid=fixed), ev(2, eid=fixed)])),
+        "empty": ([], Req("{s}", [])),
+        "key-new": ([], Req("{s}", [ev(1)], key="{k}", expected=0)),
+        "key-replay": (
+            [Req("{s}", [ev(1, eid=fixed)], key="{k}")],
+            Req("{s}", [ev(1, eid=fixed)], key="{k}"),
+        ),
+        "key-conflict": ([Req("{s}", [ev(1)], key="{k}")], Req("{s}", [ev(2)], key="{k}")),
+        "key-other-stream": ([Req("{o}", [ev(1)], key="{k}")], Req("{s}", [ev(1)], key="{k}")),
+        "operator-only": ([], Req("projection-{s}", [ev(1)])),
+    }
+    return cases[name]
+
+
+def _fill(req: Req, s: str, k: str, o: str, ids: dict[str, str]) -> Req:
+    """The request for one twin: its stream and key, and fresh event ids (the
+    same fresh id for the same placeholder id within a twin)."""
+    fmt = {"s": s, "k": k, "o": o}
+    return Req(
+        req.stream.format(**fmt),
+        [dict(e, id=ids.setdefault(e["id"], str(uuid.uuid4()))) for e in req.events],
+        req.expected,
+        None if req.key is None else req.key.format(**fmt),
+    )
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        "new-stream",
+        "append",
+        "batch",
+        "any-version",
+        "wrong-version",
+        "must-exist",
+        "bad-stream",
+        "bad-expected",
+        "bad-event",
+        "bad-fraction",
+        "bad-fraction-metadata",
+        "dot-in-a-string",
+        "bad-metadata",
+        "repeated-id",
+        "empty",
+        "key-new",
+        "key-replay",
+        "key-conflict",
+        "key-other-stream",
+        "operator-only",
+    ],
+)
+def test_a_group_of_one_decides_as_a_request_of_a_larger_group(
+    writer: str, group_dsn: str, case: str
+) -> None:
+    """The same request, on twin streams with the same history, alone and as
+    the middle request of a group of three: the same outcome, message,
+    versions and (for 'k') the same kind of earlier result; the same stored
+    columns, hash scheme and a valid chain."""
+    prior, req = _twin_case(case)
+    twins = []
+    with psycopg.connect(writer, autocommit=True) as conn:
+        for alone in (True, False):
+            s, o = new_stream("twin"), new_stream("other")
+            k = f"twin-{uuid.uuid4().hex}"
+            ids: dict[str, str] = {}
+            for p in prior:
+                assert group(conn, [_fill(p, s, k, o, ids)])[0].outcome == "w"
+            r = _fill(req, s, k, o, ids)
+            if alone:
+                (out,) = group(conn, [r])
+            else:
+                out = group(conn, [Req(new_stream(), [ev(7)]), r, Req(new_stream(), [ev(8)])])[1]
+                assert out.request == 2
+            twins.append((s, k, r, out))
+    (s1, k1, r1, a), (s2, k2, r2, b) = twins
+
+    def norm(o: Outcome, s: str, k: str) -> tuple[Any, ...]:
+        msg = o.message.replace(s, "{s}").replace(k, "{k}") if o.message else None
+        return (
+            o.outcome,
+            None if o.stream_id is None else o.stream_id.replace(s, "{s}"),
+            o.first_version,
+            o.last_version,
+            None if o.positions is None else len(o.positions),
+            o.actual_version,
+            o.event_id is not None,
+            msg,
+        )
+
+    assert norm(a, s1, k1) == norm(b, s2, k2)
+    if a.outcome == "w":
+        assert (a.request_id, b.request_id) == (r1.request_id, r2.request_id)
+    if a.outcome == "k":
+        assert a.request_id != r1.request_id and b.request_id != r2.request_id
+    with psycopg.connect(group_dsn, autocommit=True) as admin:
+        rows1, rows2 = stored(admin, r1.stream), stored(admin, r2.stream)
+
+        def columns(rows: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+            return [
+                (r[0], r[2], r[3], r[4], r[5], "created" if r[6] == r[7] else r[6], r[10], r[11])
+                for r in rows
+            ]
+
+        assert columns(rows1) == columns(rows2)
+        if rows1:
+            assert chain_ok(admin, r1.stream) and chain_ok(admin, r2.stream)
+        if a.outcome == "w":
+            assert [r[12] for r in rows1[-len(r1.events) :]] == a.positions
+        if r1.key is not None:
+            fps = admin.execute(
+                "SELECT key, first_version, last_version FROM utcp.idempotency_keys"
+                " WHERE key = ANY(%s) ORDER BY key = %s",
+                ([k1, k2], k1),
+            ).fetchall()
+            assert [f[1:] for f in fps][:1] == [f[1:] for f in fps][1:]
+
+
+def test_a_key_written_by_either_path_answers_the_other(writer: str) -> None:
+    """The request fingerprint of a group of one is the general path's, both
+    ways: a retry through the other path gets 'k' with the first result."""
+    with psycopg.connect(writer, autocommit=True) as conn:
+        for first_alone in (True, False):
+            s, k = new_stream(), f"either-{uuid.uuid4().hex}"
+            chosen = dict(ev(1, symbol="AAPL"), id_given=True)
+            req = Req(s, [chosen, ev(2)], key=k)
+            filler = Req(new_stream(), [ev(9)])
+            retry = Req(s, [chosen, dict(req.events[1], id=str(uuid.uuid4()))], key=k)
+            if first_alone:
+                (w,) = group(conn, [req])
+                again = group(conn, [filler, retry])[1]
+            else:
+                w = group(conn, [filler, req])[1]
+                (again,) = group(conn, [retry])
+            assert (w.outcome, again.outcome) == ("w", "k")
+            assert (again.first_version, again.last_version, again.positions) == (
+                1,
+                2,
+                w.positions,
+            )
+            assert again.request_id == req.request_id
+            # the id chosen by the caller is part of the fingerprint
+            other = Req(s, [dict(chosen, id=str(uuid.uuid4())), ev(2)], key=k)
+            assert group(conn, [other])[0].outcome == "c"
+            assert group(conn, [filler, other])[1].outcome == "c"
