@@ -18,6 +18,12 @@ APPEND: Final = (
     "SELECT * FROM utcp.append_events(%s::text, %s::bigint, %s::text, %s::uuid, %s::jsonb)"
 )
 
+# Group commit (sqitch/deploy/append_group.sql): N requests in one call, one
+# row per request with its own outcome. Exact types, as for APPEND.
+APPEND_GROUP: Final = (
+    "SELECT * FROM utcp.append_group(%s::text[], %s::bigint[], %s::text[], %s::uuid[], %s::jsonb)"
+)
+
 # Columns in StoredEvent's field order; checkpoint is "<tx_id>/<position>".
 EVENT_COLUMNS: Final = """
     position, tx_id::text || '/' || position::text, event_id, stream_id, stream_version,
