@@ -71,6 +71,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     #: LISTEN/NOTIFY channel the store pokes after appends commit (a wake-up
     #: hint for live readers, debounced, never inside an append); "" for none.
     notify_channel: str = "utcp_events"
+    #: Group commit: concurrent appends of this process share one call of
+    #: utcp.append_group(), one transaction and one WAL flush (docs/
+    #: architecture.md, "Group commit"); a lone writer never waits for one.
+    #: False: every append is its own call.
+    group_commit: bool = True
 
     def __post_init__(self) -> None:
         checks: list[tuple[str, bool]] = [

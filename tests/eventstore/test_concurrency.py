@@ -76,13 +76,42 @@ def jitter_db(writer_dsn: str) -> Iterator[JitterDb]:
             )
 
 
-@pytest.fixture(scope="module")
-def conc_store(jitter_db: JitterDb) -> Iterator[EventStore]:
+#: Stores of one writer process each, under group commit: a store sends one
+#: group at a time, so commits go out of position order between processes.
+GROUP_STORES = 3
+
+
+@pytest.fixture(scope="module", params=["direct", "groups"])
+def conc_stores(request: pytest.FixtureRequest, jitter_db: JitterDb) -> Iterator[list[EventStore]]:
+    """The writers' stores: one store, every append its own call ("direct"),
+    or GROUP_STORES stores under group commit, as separate processes would
+    be ("groups"). The tests below run against both."""
+    grouped = request.param == "groups"
     settings = Settings(
-        pool_min_size=2, pool_max_size=12, retry_timeout=20.0, application_name="utcp-conc-test"
+        pool_min_size=2,
+        pool_max_size=12,
+        retry_timeout=20.0,
+        application_name="utcp-conc-test",
+        group_commit=grouped,
     )
-    with EventStore.open(jitter_db.writer_dsn, settings) as s:
-        yield s
+    stores = [
+        EventStore.open(jitter_db.writer_dsn, settings)
+        for _ in range(GROUP_STORES if grouped else 1)
+    ]
+    try:
+        yield stores
+    finally:
+        for s in stores:
+            s.close()
+
+
+@pytest.fixture
+def conc_store(conc_stores: list[EventStore]) -> EventStore:
+    return conc_stores[0]
+
+
+def grouped(stores: list[EventStore]) -> bool:
+    return stores[0].settings.group_commit
 
 
 def run_threads(count: int, target: Callable[[int], None]) -> None:
@@ -135,9 +164,9 @@ def committed_count(dsn: str) -> int:
 
 
 def test_readers_see_every_event_once_in_the_final_order_despite_out_of_order_commits(
-    conc_store: EventStore, jitter_db: JitterDb
+    conc_stores: list[EventStore], jitter_db: JitterDb
 ) -> None:
-    store = conc_store
+    store = conc_stores[0]
     run = uuid.uuid4().hex[:8]
     hot = [f"hot-{run}-{i}" for i in range(2)]
     before = committed_count(jitter_db.admin_dsn)
@@ -148,6 +177,7 @@ def test_readers_see_every_event_once_in_the_final_order_despite_out_of_order_co
     target: list[int] = []  # set once the writers are done: how many events exist
 
     def writer(w: int) -> None:
+        store = conc_stores[w % len(conc_stores)]
         rng = random.Random(f"{run}-{w}")
         own = [f"own-{run}-{w}-{k}" for k in range(2)]
         own_version = dict.fromkeys(own, 0)
@@ -272,6 +302,14 @@ def test_readers_see_every_event_once_in_the_final_order_despite_out_of_order_co
         assert versions == list(range(1, count + 1)), stream
     report = store.verify_chain()
     assert report.ok, report.problems
+
+    # Under group commit the appends shared transactions (the events of one
+    # group share its tx_id).
+    transactions = {stored_by_id[ids[0]].checkpoint.split("/")[0] for _, ids, _ in written}
+    if grouped(conc_stores):
+        assert len(transactions) < len(written), "no two appends shared a group"
+    else:
+        assert len(transactions) == len(written)
 
 
 def test_concurrent_expected_version_writers_exactly_one_wins_per_version(
