@@ -59,6 +59,8 @@ class GroupFailed(Exception):
         self.cause = cause
         self.sent = sent
         self.in_doubt = in_doubt
+        #: requests in the failed group (0: none was sent)
+        self.group_size = 0
 
 
 # A ticket's states.
@@ -197,10 +199,12 @@ class GroupCommitter(Generic[R, Out]):
                         raise RuntimeError(f"{len(outcomes)} outcomes for a group of {len(group)}")
                 except GroupFailed as exc:
                     failure = exc
+                    failure.group_size = len(group)
                 except BaseException as exc:
                     # Not the sender's own report: whatever happened, the
                     # group may have been committed.
                     failure = GroupFailed(exc, sent=True, in_doubt=True)
+                    failure.group_size = len(group)
                     raise
         finally:
             with self._lock:

@@ -149,13 +149,16 @@ def settle(request: AppendRequest, outcome: Outcome) -> AppendResult:
             sqlstate="UT005",
         )
     if code == "i":
-        raise invalid(message, operation="append", stream_id=stream, idempotency_key=key)
+        raise invalid(
+            message, operation="append", stream_id=stream, idempotency_key=key, sqlstate="UT004"
+        )
     if code == "d":
         raise DuplicateEventId(
             f"{message}; nothing of this batch was written",
             operation="append",
             stream_id=stream,
             idempotency_key=key,
+            sqlstate="23505",
         )
     raise StorageError(  # 'a'
         f"permission denied: {message}",

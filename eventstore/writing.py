@@ -4,6 +4,7 @@ retries, its own-write check after a lost reply, and its outcome
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
 from collections.abc import Sequence
@@ -21,6 +22,7 @@ from .errors import (
     LogOrderHazard,
     StorageUnavailable,
     ValidationError,
+    first_line,
 )
 from .events import ANY, AppendResult, EventRegistry, ExpectedVersion, NewEvent, _Expectation
 from .group_commit import GroupCommitter, GroupFailed
@@ -30,6 +32,8 @@ from .outcomes import AppendRequest, Outcome
 from .retry import call_budget, is_transient
 
 __all__ = ["Writer"]
+
+log = logging.getLogger("eventstore")
 
 #: Concurrent writers racing for one stream's next version (expected_version
 #: ANY or STREAM_EXISTS): each lost race means another append went in, so
@@ -172,6 +176,25 @@ class Writer:
             or is_transient(cause)
         )
         if not retrying:
+            constraint = cause.diag.constraint_name if isinstance(cause, psycopg.Error) else None
+            if failed.group_size == 1 and isinstance(cause, Exception):
+                # Alone in its group: sent alone again, it would meet the
+                # same error (unless it lost a race for the stream's next
+                # version to a utcp.append_events() caller: then it goes on).
+                if constraint == "stored_events_event_id_key":
+                    assert isinstance(cause, psycopg.Error)
+                    raise outcomes.duplicate_event_id(cause, stream, key) from cause
+                if constraint != "stored_events_pkey":
+                    mapped = map_error(cause, "append", stream_id=stream, idempotency_key=key)
+                    if mapped is cause:
+                        raise mapped
+                    raise mapped from cause
+            else:
+                log.warning(
+                    "append: its group of %d failed (%s), sending it alone",
+                    failed.group_size,
+                    first_line(cause) if cause is not None else "no answer",
+                )
             return self._direct(request)
         out_of_time = time.monotonic() >= request.deadline
         if out_of_time or self._db.settings.retry_attempts < 2:
@@ -193,6 +216,11 @@ class Writer:
             if error is cause or cause is None:
                 raise error
             raise error from cause
+        log.warning(
+            "append: its group of %d failed (%s), retrying alone",
+            failed.group_size,
+            first_line(cause) if cause is not None else "no answer in time",
+        )
         return self._direct(request, first_attempt=2, in_doubt=failed.in_doubt)
 
     # -- one request alone -------------------------------------------------------

@@ -57,9 +57,10 @@ CREATE TRIGGER test_slow_insert BEFORE INSERT ON utcp.stored_events
     EXECUTE FUNCTION public.test_slow_insert();
 """
 
-#: How the store's statements are recognised (eventstore/sql.py). If the SQL
-#: changes, the injector stops firing and the tests below fail, loudly.
-APPEND_MARK = "utcp.append_events("
+#: How the store's statements are recognised (eventstore/sql.py): appends go
+#: through utcp.append_group() (in groups, or alone). If the SQL changes, the
+#: injector stops firing and the tests below fail, loudly.
+APPEND_MARK = "utcp.append_group("
 LOOKUP_MARK = "WHERE event_id = ANY"
 
 
@@ -172,14 +173,18 @@ def crash_db(writer_dsn: str) -> Iterator[CrashDb]:
 APP_NAME = f"utcp-crash-{uuid.uuid4().hex[:8]}"
 
 
-@pytest.fixture(scope="module")
-def crash_store(crash_db: CrashDb) -> Iterator[EventStore]:
+@pytest.fixture(scope="module", params=["direct", "groups"])
+def crash_store(request: pytest.FixtureRequest, crash_db: CrashDb) -> Iterator[EventStore]:
+    """The store, every append its own call ("direct") or under group
+    commit ("groups": alone here, a group of one, whose failure hands the
+    append to the direct path's retries)."""
     settings = Settings(
         retry_attempts=5,
         retry_timeout=20.0,
         pool_min_size=1,
         pool_max_size=4,
         application_name=APP_NAME,
+        group_commit=request.param == "groups",
     )
     with EventStore.open(crash_db.writer_dsn, settings) as s:
         yield s
@@ -233,7 +238,7 @@ class Killer(threading.Thread):
                     row = conn.execute(
                         "SELECT pid FROM pg_stat_activity "
                         "WHERE datname = %s AND application_name = %s "
-                        "AND wait_event = 'PgSleep' AND query LIKE '%%append_events%%'",
+                        "AND wait_event = 'PgSleep' AND query LIKE '%%append_group%%'",
                         (self.db.name, APP_NAME),
                     ).fetchone()
                     if row is not None:
