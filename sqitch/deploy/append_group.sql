@@ -19,20 +19,32 @@
 --   * requests apply in order: two requests to one stream behave as if sent
 --     one after the other (the second sees the first's version and key);
 --   * each stream and key of the group is locked (transaction advisory
---     locks, in one sorted order, so two groups never deadlock on them)
---     before heads and keys are read: concurrent groups on the same stream
---     queue instead of failing on stored_events_pkey, and see each other's
---     committed versions;
+--     locks pg_advisory_xact_lock(1970561904, hashtext(stream_id)) and
+--     (1970561905, hashtext(key)), taken in one sorted order, so two groups
+--     never deadlock on them) before heads and keys are read: concurrent
+--     groups on the same stream queue instead of failing on
+--     stored_events_pkey, and see each other's committed versions.
+--     append_events takes no such lock: a direct append racing a group on
+--     one stream can still make either fail with 23505, as two direct
+--     appends can;
 --   * the work is set-wise: one statement checks every event of every
---     request, one reads every head and key (and the log order hazard),
---     one inserts every event, one every key. The per-event work left in
---     PL/pgSQL is the hash chain (sequential by nature).
+--     request, one reads every head (and the log order hazard and, for a
+--     group of two or more, the ids already in the log), one every key
+--     (only when a request has one), one inserts every event, one every
+--     key. The per-event work left in PL/pgSQL is the hash chain
+--     (sequential by nature).
+--
+-- Each request is decided in append_events' order: its own fields ('i'),
+-- the operator check ('a'), its events ('i'), its key ('k' or 'c'), the
+-- expected version ('v'), its event ids ('d'), then it is written ('w').
 BEGIN;
 
 -- p_stream_ids, p_expected, p_keys, p_request_ids: one element per request,
 -- arrays of the same length with lower bound 1. p_expected as in
 -- append_events: NULL any version, -1 the stream must exist, n >= 0 the
--- stream must be at version n (0: must not exist). p_events: a JSON array
+-- stream must be at version n (0: must not exist); below -1 is refused
+-- ('i', expected_version), where append_events took it as any version.
+-- p_events: a JSON array
 -- with one element per request, each what append_events takes as p_events
 -- (a JSON array of {id, type, data, metadata, id_given}).
 --
