@@ -63,6 +63,9 @@ class GroupFailed(Exception):
         self.group_size = 0
 
 
+#: The longest a waiting caller sleeps before it looks at its deadline again.
+_MAX_WAIT: Final = 3600.0
+
 # A ticket's states.
 _QUEUED: Final = 0  # waiting in the queue
 _LEAD: Final = 1  # made leader: sends the next group
@@ -115,6 +118,12 @@ class GroupCommitter(Generic[R, Out]):
         self.groups = 0
         self.requests = 0
 
+    @property
+    def waiting(self) -> int:
+        """Requests queued for the next group now."""
+        with self._lock:
+            return len(self._queue)
+
     def submit(self, request: R) -> Out:
         """Send ``request`` in the next group and return its outcome; raise
         :class:`GroupFailed` if that group failed as a whole or the
@@ -141,7 +150,8 @@ class GroupCommitter(Generic[R, Out]):
         """Until this ticket is done or made leader, or its deadline passes."""
         while True:
             remaining = ticket.request.deadline - time.monotonic()
-            woken = remaining > 0 and ticket.wake.wait(remaining)
+            # (Event.wait refuses an infinite timeout: wake up now and then)
+            woken = remaining > 0 and ticket.wake.wait(min(remaining, _MAX_WAIT))
             with self._lock:
                 if ticket.state in (_DONE, _LEAD):
                     return
