@@ -42,6 +42,7 @@ from eventstore import (
 )
 from eventstore.events import ExpectedVersion
 from eventstore.group_commit import GroupCommitter
+from eventstore.writing import GROUP_MAX_REQUEST_EVENTS, GROUPS_IN_FLIGHT
 from tests.support.database import admin_dsn, dsn_for, run_cli
 
 GATE_TRIGGER = """
@@ -228,18 +229,24 @@ def gate_held(group_db: GroupDb, gate: int) -> Iterator[Callable[[], None]]:
 
 
 @contextmanager
-def group_in_flight(store: EventStore, group_db: GroupDb) -> Iterator[Call]:
-    """A group of one (a gated append) waiting at its gate for the body:
-    appends started in the body queue behind it, and go as the next group
-    when the body ends."""
+def group_in_flight(store: EventStore, group_db: GroupDb) -> Iterator[list[Call]]:
+    """As many groups as may be in flight (GROUPS_IN_FLIGHT), each of one
+    gated append, waiting at their gate for the body: appends started in
+    the body queue behind them, and go as the next group when the body
+    ends."""
     gate = new_gate()
     with gate_held(group_db, gate):
-        leader = call(new_stream("leader"), gate=gate)
-        leader.start(store)
-        until(lambda: bool(group_db.waiting_at_gate()), "the leader's group waits at its gate")
-        yield leader
-    leader.done()
-    assert leader.error is None, leader.error
+        leaders = [call(new_stream("leader"), gate=gate) for _ in range(GROUPS_IN_FLIGHT)]
+        for leader in leaders:
+            leader.start(store)
+        until(
+            lambda: len(group_db.waiting_at_gate()) == GROUPS_IN_FLIGHT,
+            "the leaders' groups wait at their gate",
+        )
+        yield leaders
+    for leader in leaders:
+        leader.done()
+        assert leader.error is None, leader.error
 
 
 def queue(store: EventStore, calls: Sequence[Call]) -> None:
@@ -328,6 +335,17 @@ def test_many_threads_take_fewer_transactions_than_calls(
     transactions = group_db.tx_ids(all_ids)
     assert len(transactions) < len(flat), "no two of 200 concurrent appends shared a group"
     assert group_db.rows_per_id(all_ids) == dict.fromkeys(all_ids, 1)
+
+
+def test_a_large_append_goes_alone_without_waiting(store: EventStore, group_db: GroupDb) -> None:
+    """More than GROUP_MAX_REQUEST_EVENTS events: never queued behind a
+    group (it completes while every group slot is held at a gate)."""
+    large = call(new_stream("large"), GROUP_MAX_REQUEST_EVENTS + 1)
+    with group_in_flight(store, group_db):
+        large.start(store)
+        large.done()
+        assert committer(store).waiting == 0
+    assert_stored_as(store, large)
 
 
 # -- each caller's own outcome -----------------------------------------------
@@ -480,10 +498,9 @@ def test_a_backend_killed_mid_group_writes_each_append_once(
     gated = call(new_stream("killed"), gate=gate)
     calls.insert(0 if killed == "leader's" else 3, gated)
     with gate_held(group_db, gate) as open_gate:
-        with group_in_flight(store, group_db) as first:
+        with group_in_flight(store, group_db):
             queue(store, calls)
-        # The group of `calls` now waits at `gate`, the first group done.
-        assert first.result is not None
+        # The group of `calls` now waits at `gate`, the first groups done.
         until(lambda: bool(group_db.waiting_at_gate()), "the group waits at its gate")
         (pid,) = group_db.waiting_at_gate()
         assert group_db.query("SELECT pg_terminate_backend(%s)", (pid,)) == [(True,)]

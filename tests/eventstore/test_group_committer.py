@@ -255,6 +255,19 @@ def test_callers_queued_behind_one_that_gave_up_still_go() -> None:
     assert send.groups == [["lead"], ["after"]]
 
 
+def test_with_two_groups_in_flight_a_third_caller_queues() -> None:
+    send = FakeSend()
+    committer = make(send, max_groups=2)
+    with in_flight(committer, send, "one"):
+        with in_flight(committer, send, "two"):
+            assert committer.waiting == 0  # both led at once
+            third, fourth = queue(committer, Req("three"), Req("four"))
+            assert send.groups == [["one"], ["two"]]
+        # "two" ended (and "one" is still in flight): the queue went as one group.
+        assert (third.outcome(), fourth.outcome()) == ("done:three", "done:four")
+        assert send.groups == [["one"], ["two"], ["three", "four"]]
+
+
 def test_bounds_must_be_positive() -> None:
     with pytest.raises(ValueError, match="positive"):
         GroupCommitter(FakeSend(), max_events=0, max_bytes=1)
