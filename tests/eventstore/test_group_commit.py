@@ -17,7 +17,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -231,19 +231,26 @@ def gate_held(group_db: GroupDb, gate: int) -> Iterator[Callable[[], None]]:
 @contextmanager
 def group_in_flight(store: EventStore, group_db: GroupDb) -> Iterator[list[Call]]:
     """As many groups as may be in flight (GROUPS_IN_FLIGHT), each of one
-    gated append, waiting at their gate for the body: appends started in
-    the body queue behind them, and go as the next group when the body
-    ends."""
-    gate = new_gate()
-    with gate_held(group_db, gate):
-        leaders = [call(new_stream("leader"), gate=gate) for _ in range(GROUPS_IN_FLIGHT)]
+    append waiting at a gate of its own, for the body: appends started in
+    the body queue behind them. On exit the first gate opens: that group
+    ends and its leader hands over to the first queued caller, which takes
+    the whole queue as the next group; then the other gates open."""
+    gates = [new_gate() for _ in range(GROUPS_IN_FLIGHT)]
+    with ExitStack() as stack:
+        openers = [stack.enter_context(gate_held(group_db, g)) for g in gates]
+        leaders = [call(new_stream("leader"), gate=g) for g in gates]
         for leader in leaders:
             leader.start(store)
         until(
             lambda: len(group_db.waiting_at_gate()) == GROUPS_IN_FLIGHT,
-            "the leaders' groups wait at their gate",
+            "the leaders' groups wait at their gates",
         )
         yield leaders
+        openers[0]()
+        leaders[0].done()
+        until(lambda: committer(store).waiting == 0, "the queue went as the next group")
+        for open_gate in openers[1:]:
+            open_gate()
     for leader in leaders:
         leader.done()
         assert leader.error is None, leader.error
@@ -308,6 +315,24 @@ def test_appends_arriving_during_a_group_share_one_transaction(
     assert group_db.rows_per_id(all_ids) == dict.fromkeys(all_ids, 1)
     for c in calls:
         assert store.verify_chain(c.stream).ok
+
+
+def test_stream_ids_and_keys_travel_exactly(store: EventStore, group_db: GroupDb) -> None:
+    """The group's arrays go as array literals: quotes, backslashes, braces,
+    commas, spaces and the word NULL arrive as written."""
+    run = uuid.uuid4().hex[:8]
+    odd = ['a"b', "c\\d", "{e,f}", " g ", "NULL", "ünï'", 'h\\"i']
+    calls = [
+        call(f"{text}-{run}", key=f"{text}-key-{run}" if i % 2 else None)
+        for i, text in enumerate(odd)
+    ]
+    as_one_group(store, group_db, calls)
+    for c in calls:
+        assert_stored_as(store, c)
+        assert c.result is not None and c.result.stream_id == c.stream
+    again = calls[1]
+    repeat = store.append(again.stream, again.events, idempotency_key=again.key)
+    assert repeat.duplicate is True and repeat.positions == again.result.positions  # type: ignore[union-attr]
 
 
 def test_many_threads_take_fewer_transactions_than_calls(
@@ -533,7 +558,7 @@ class LostReply:
                 injector.fired == 0
                 and conn.info.parameter_status("application_name") == APP_NAME
                 and "utcp.append_group(" in str(query)
-                and len(params[0]) > 1
+                and params[3].count(",") > 0  # request ids: "{id,id,...}"
             ):
                 injector.fired += 1
                 conn.close()
