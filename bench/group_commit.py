@@ -9,8 +9,10 @@ Cases: ``lone`` (one writer, one event per append: must not be slower with
 group commit on), ``8w`` (8 writer threads, one event per append, a
 stream each), ``8w-100`` (8 threads, 100 events per append). Modes run in
 turns within each round (the machine is shared and noisy: compare medians).
-Per case and mode: events/s, per-call latency (median and p99, ms) and,
-with group commit, the mean group size.
+Per case and mode: events/s, per-call latency (median and p99, ms), the
+writer threads' CPU time per append (µs; with group commit a leader's
+includes sending its followers' requests) and, with group commit, the mean
+group size.
 
 The benchmark creates its own database (``utcp_groupbench_<pid>``, on the
 server of ``--dsn``/``$EVENTSTORE_TEST_DSN``, default the local one),
@@ -84,6 +86,8 @@ class Sample:
     seconds: float = 0.0
     latencies: list[float] = field(default_factory=list)
     group_size: float | None = None
+    #: the writer threads' CPU time per append (µs): the client's cost
+    cpu_per_append: float = 0.0
 
     @property
     def rate(self) -> float:
@@ -121,6 +125,7 @@ def run_case(mode: str, case: str, scale: float, dsn: str, stores: dict[str, Eve
     appends = max(1, round(appends * scale))
     run = uuid.uuid4().hex[:8]
     latencies: list[list[float]] = [[] for _ in range(threads)]
+    cpu = [0.0] * threads
     barrier = threading.Barrier(threads + 1)
     errors: list[BaseException] = []
 
@@ -145,10 +150,12 @@ def run_case(mode: str, case: str, scale: float, dsn: str, stores: dict[str, Eve
             do = work(t)
             own = latencies[t]
             barrier.wait()
+            cpu_start = time.thread_time()
             for n in range(appends):
                 start = time.perf_counter()
                 do(n)
                 own.append(time.perf_counter() - start)
+            cpu[t] = time.thread_time() - cpu_start
         except BaseException as exc:
             errors.append(exc)
             barrier.abort()
@@ -168,6 +175,7 @@ def run_case(mode: str, case: str, scale: float, dsn: str, stores: dict[str, Eve
     if errors:
         raise errors[0]
     sample = Sample(threads * appends * per_append, seconds, [x for t in latencies for x in t])
+    sample.cpu_per_append = sum(cpu) / (threads * appends) * 1e6
     if committer is not None:
         groups = committer.groups - before[0]
         sample.group_size = (committer.requests - before[1]) / groups if groups else None
@@ -235,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"rounds={args.rounds} scale={args.scale} load average {load[0]:.1f} {load[1]:.1f}")
     print(
         f"{'case':8} {'mode':14} {'events/s':>9} {'spread':>7} {'vs raw':>7} "
-        f"{'vs alone':>8} {'p50 ms':>7} {'p99 ms':>7} {'group':>6}"
+        f"{'vs alone':>8} {'p50 ms':>7} {'p99 ms':>7} {'cpu µs':>7} {'group':>6}"
     )
     for case in cases:
         rates = {m: statistics.median(s.rate for s in samples[case, m]) for m in MODES}
@@ -244,12 +252,13 @@ def main(argv: list[str] | None = None) -> int:
             spread = (max(s.rate for s in runs) - min(s.rate for s in runs)) / rates[mode]
             p50 = statistics.median(quantile(s.latencies, 0.5) for s in runs) * 1000
             p99 = statistics.median(quantile(s.latencies, 0.99) for s in runs) * 1000
+            cpu = statistics.median(s.cpu_per_append for s in runs)
             sizes = [s.group_size for s in runs if s.group_size is not None]
             group = f"{statistics.median(sizes):6.1f}" if sizes else f"{'':6}"
             print(
                 f"{case:8} {mode:14} {rates[mode]:9.0f} {spread:6.0%} "
                 f"{rates[mode] / rates['raw']:6.2f}x {rates[mode] / rates['alone']:7.2f}x "
-                f"{p50:7.2f} {p99:7.2f} {group}"
+                f"{p50:7.2f} {p99:7.2f} {cpu:7.0f} {group}"
             )
     return 0
 
