@@ -33,6 +33,7 @@ from eventstore import (
     StoredEvent,
     WrongExpectedVersion,
 )
+from eventstore.writing import GROUPS_IN_FLIGHT
 from tests.support.database import admin_dsn, dsn_for, run_cli
 
 JITTER_TRIGGER = """
@@ -76,9 +77,11 @@ def jitter_db(writer_dsn: str) -> Iterator[JitterDb]:
             )
 
 
-#: Stores of one writer process each, under group commit: a store sends one
-#: group at a time, so commits go out of position order between processes.
-GROUP_STORES = 3
+#: Stores of one writer process each, under group commit: WRITERS threads
+#: spread over them, more per store than its groups in flight
+#: (writing.GROUPS_IN_FLIGHT), so that appends share groups, and commits go
+#: out of position order between the groups in flight.
+GROUP_STORES = 2
 
 
 @pytest.fixture(scope="module", params=["direct", "groups"])
@@ -87,6 +90,7 @@ def conc_stores(request: pytest.FixtureRequest, jitter_db: JitterDb) -> Iterator
     or GROUP_STORES stores under group commit, as separate processes would
     be ("groups"). The tests below run against both."""
     grouped = request.param == "groups"
+    assert WRITERS // GROUP_STORES > GROUPS_IN_FLIGHT, "no writer would ever queue for a group"
     settings = Settings(
         pool_min_size=2,
         pool_max_size=12,
