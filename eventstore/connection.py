@@ -21,7 +21,7 @@ from psycopg.conninfo import conninfo_to_dict
 from psycopg.pq import Format
 from psycopg.types.json import set_json_loads
 
-from . import sql, watchdog
+from . import outcomes, sql, watchdog
 from .errors import (
     EventStoreError,
     IdempotencyConflict,
@@ -142,11 +142,7 @@ def map_error(
     if state == "UT003" or (state or "").startswith("23"):
         return IntegrityViolation(message, **ctx)
     if state == "UT004":
-        # utcp.append_events() names the field first: "events[2].data.x: ..."
-        field, sep, text = message.partition(": ")
-        if sep and " " not in field:
-            return ValidationError(f"{field}: {text}", field=field, **ctx)
-        return ValidationError(message, **ctx)
+        return outcomes.invalid(message, **ctx)
     if state == "UT005":
         return IdempotencyConflict(message, **ctx)
     if (state or "").startswith("22") or isinstance(exc, psycopg.DataError):
@@ -168,6 +164,8 @@ class Database:
         settings: Settings,
         guard: _OrderGuard | None = None,
         time_fields: Mapping[str, str] | None = None,
+        *,
+        append_group: bool = False,
     ) -> None:
         self.pool = pool
         self.settings = settings
@@ -175,6 +173,9 @@ class Database:
         #: Each type's business-time field as the database derives it
         #: (utcp.event_time_fields): registered types must agree with it.
         self.time_fields = time_fields
+        #: utcp.append_group() is deployed and ours to call: every append
+        #: goes through it (a group of one when alone).
+        self.append_group = append_group
 
     @classmethod
     def open(
@@ -240,6 +241,8 @@ class Database:
                     cls._check_schema(conn)
                     order_guard.check(conn)
                     time_fields = dict(conn.execute(sql.TIME_FIELDS).fetchall())
+                    row = conn.execute(sql.HAS_APPEND_GROUP).fetchone()
+                    append_group = bool(row and row[0])
             except psycopg.Error as exc:  # connected: not a connection problem
                 raise map_error(exc, "open") from exc
         pool = LifoConnectionPool(
@@ -261,7 +264,7 @@ class Database:
             raise StorageUnavailable(
                 f"could not open {settings.pool_min_size} connections: {exc}", operation="open"
             ) from exc
-        return cls(pool, settings, order_guard, time_fields)
+        return cls(pool, settings, order_guard, time_fields, append_group=append_group)
 
     @staticmethod
     def _check_schema(conn: psycopg.Connection[Any]) -> None:
@@ -309,12 +312,17 @@ class Database:
         *,
         stream_id: str | None = None,
         idempotency_key: str | None = None,
+        first_attempt: int = 1,
     ) -> Any:
+        """``work(attempt)`` with the store's retries (run_with_retries),
+        its failure mapped to the store's own error. ``first_attempt`` > 1:
+        an earlier attempt already ran elsewhere (an append's in a group)."""
+
         def warn(exc: Exception) -> None:
             log.warning("%s: transient failure, retrying: %s", operation, first_line(exc))
 
         try:
-            return run_with_retries(self.settings, work, on_retry=warn)
+            return run_with_retries(self.settings, work, on_retry=warn, first_attempt=first_attempt)
         except Exception as exc:
             mapped = map_error(exc, operation, stream_id=stream_id, idempotency_key=idempotency_key)
             if mapped is exc:

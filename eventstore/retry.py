@@ -13,7 +13,8 @@ from __future__ import annotations
 import contextvars
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Final, TypeVar
 
 import psycopg
@@ -22,7 +23,7 @@ import stamina
 
 from .settings import Settings
 
-__all__ = ["call_deadline", "is_transient", "run_with_retries"]
+__all__ = ["call_budget", "call_deadline", "is_transient", "run_with_retries"]
 
 T = TypeVar("T")
 
@@ -65,12 +66,35 @@ def call_deadline() -> float | None:
     return _DEADLINE.get()
 
 
+@contextmanager
+def call_budget(settings: Settings) -> Iterator[float]:
+    """Fix the current call's deadline now (``retry_timeout`` from here, or
+    an outer call's, whichever ends first) and yield it: what runs inside,
+    run_with_retries included, ends by then. For a call whose first attempt
+    runs outside run_with_retries (an append that first goes in a group)."""
+    deadline = time.monotonic() + settings.retry_timeout
+    outer = _DEADLINE.get()
+    if outer is not None:
+        deadline = min(deadline, outer)
+    token = _DEADLINE.set(deadline)
+    try:
+        yield deadline
+    finally:
+        _DEADLINE.reset(token)
+
+
 def run_with_retries(
-    settings: Settings, work: Callable[[int], T], *, on_retry: Callable[[Exception], None]
+    settings: Settings,
+    work: Callable[[int], T],
+    *,
+    on_retry: Callable[[Exception], None],
+    first_attempt: int = 1,
 ) -> T:
-    """Run ``work(attempt)`` (attempt counts from 1) until it succeeds, a
+    """Run ``work(attempt)`` (attempt counts from ``first_attempt``, 1
+    unless an attempt already ran elsewhere) until it succeeds, a
     non-transient error occurs, or attempts/time run out. The last
-    exception propagates unchanged; the caller maps it.
+    exception propagates unchanged; the caller maps it. It always makes at
+    least one attempt.
 
     ``retry_timeout`` bounds the whole call, the last attempt included:
     another attempt starts only if its backoff ends before the budget does,
@@ -85,7 +109,7 @@ def run_with_retries(
         deadline = min(deadline, outer)
     token = _DEADLINE.set(deadline)
     try:
-        attempt = 0
+        attempt = first_attempt - 1
         while True:
             attempt += 1
             try:

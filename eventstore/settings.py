@@ -153,6 +153,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     #: ``eventstore status`` (and ``needs_operator``): global readers held
     #: back for longer than this by one open transaction need an operator.
     stall_threshold: float = 60.0
+    #: Group commit: concurrent appends of this process share one call of
+    #: utcp.append_group(), one transaction and one WAL flush (docs/
+    #: architecture.md, "Group commit"); a lone writer never waits for one.
+    #: False: every append is its own call.
+    group_commit: bool = True
 
     def __post_init__(self) -> None:
         for name in self.__struct_fields__:

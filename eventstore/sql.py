@@ -131,6 +131,14 @@ SELECT to_regclass('utcp.stored_events') IS NOT NULL,
        to_regclass('utcp.idempotency_keys') IS NOT NULL,
        to_regprocedure('utcp.append_events(text, bigint, text, uuid, jsonb)') IS NOT NULL"""
 
+# The group append function, callable by this session (sqitch/deploy/
+# append_group.sql): without it (a schema deployed before that change, or a
+# role without the grant) appends go through utcp.append_events().
+HAS_APPEND_GROUP: Final = """
+SELECT coalesce(has_function_privilege(
+           to_regprocedure('utcp.append_group(text[], bigint[], text[], uuid[], jsonb)'),
+           'EXECUTE'), false)"""
+
 # Each type's business-time field as the database derives it (the rest:
 # the payload's occurred_at).
 TIME_FIELDS: Final = "SELECT type, time_field FROM utcp.event_time_fields"

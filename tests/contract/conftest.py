@@ -19,6 +19,8 @@ least-privilege writer role.
 
 from __future__ import annotations
 
+import functools
+
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
@@ -112,7 +114,10 @@ def store_writer(dsn: str, settings: Settings, **overrides: Any) -> Iterator[Wri
 #: yields a client whose ``append`` goes over loopback HTTP, with
 #: ``store`` a direct store on the same DSN.
 WRITERS: dict[str, WriterFactory] = {
-    "direct": store_writer,
+    # every append its own call of utcp.append_group (a group of one)
+    "direct": functools.partial(store_writer, group_commit=False),
+    # concurrent appends of the process share one call, one transaction
+    "group-commit": functools.partial(store_writer, group_commit=True),
 }
 
 

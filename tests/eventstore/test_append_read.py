@@ -70,12 +70,16 @@ def test_stream_version(store: EventStore, stream: str) -> None:
 # -- expected_version ---------------------------------------------------------
 
 
-def test_wrong_expected_version_chains_the_database_error(store: EventStore, stream: str) -> None:
+def test_wrong_expected_version_carries_the_database_answer(store: EventStore, stream: str) -> None:
+    """utcp.append_group() answers a wrong version with a row (outcome 'v'
+    and the actual version), not an error: the store's error says so with
+    UT001, the code utcp.append_events() raised, and chains nothing."""
     store.append(stream, [NewEvent("A", {})])
     with pytest.raises(WrongExpectedVersion) as info:
         store.append(stream, [NewEvent("A", {})], expected_version=NO_STREAM)
-    assert info.value.__cause__ is not info.value
-    assert isinstance(info.value.__cause__, psycopg.Error)
+    assert info.value.sqlstate == "UT001"
+    assert (info.value.expected, info.value.actual) == (NO_STREAM, 1)
+    assert info.value.__cause__ is None
 
 
 def test_duplicate_event_id_chains_the_database_error(store: EventStore, stream: str) -> None:

@@ -79,14 +79,18 @@ def crash_db(writer_dsn: str) -> Iterator[CrashDb]:
         yield CrashDb(str(conninfo_to_dict(dsn)["dbname"]), dsn, as_role(dsn, writer_dsn))
 
 
-@pytest.fixture(scope="module")
-def crash_store(crash_db: CrashDb) -> Iterator[EventStore]:
+@pytest.fixture(scope="module", params=["direct", "groups"])
+def crash_store(request: pytest.FixtureRequest, crash_db: CrashDb) -> Iterator[EventStore]:
+    """The store, every append its own call ("direct") or under group
+    commit ("groups": alone here, a group of one, whose failure hands the
+    append to the direct path's retries)."""
     settings = Settings(
         retry_attempts=5,
         retry_timeout=20.0,
         pool_min_size=1,
         pool_max_size=4,
         application_name=APP_NAME,
+        group_commit=request.param == "groups",
     )
     with EventStore.open(crash_db.writer_dsn, settings) as s:
         yield s

@@ -37,7 +37,7 @@ CREATE TRIGGER test_slow_insert BEFORE INSERT ON utcp.stored_events
 #: How the direct writer's statements are recognised (eventstore/sql.py).
 #: If the SQL changes, the injector stops firing and the tests using it
 #: fail, loudly.
-APPEND_MARK = "utcp.append_events("
+APPEND_MARK = "utcp.append_group("
 LOOKUP_MARK = "WHERE event_id = ANY"
 
 
