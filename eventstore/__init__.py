@@ -29,6 +29,7 @@ from .events import (
     AppendResult,
     EventRegistry,
     NewEvent,
+    RawStoredEvent,
     StoredEvent,
 )
 from .health import StoreStatus
@@ -52,6 +53,7 @@ __all__ = [
     "IntegrityViolation",
     "LogOrderHazard",
     "NewEvent",
+    "RawStoredEvent",
     "SchemaNotDeployed",
     "Settings",
     "SqitchError",

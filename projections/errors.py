@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from eventstore import EventStoreError, StoredEvent
+from eventstore import EventStoreError, RawStoredEvent, StoredEvent
 
 __all__ = ["CheckpointMoved", "ProjectionError"]
 
@@ -14,7 +14,9 @@ class ProjectionError(EventStoreError):
     it, with its checkpoint just before the event, and shows the error in
     ``eventstore project status``."""
 
-    def __init__(self, projection: str, event: StoredEvent, reason: str, **ctx: Any) -> None:
+    def __init__(
+        self, projection: str, event: StoredEvent | RawStoredEvent, reason: str, **ctx: Any
+    ) -> None:
         super().__init__(
             f"projection {projection!r} cannot apply event {event.event_id} "
             f"({event.type}, {event.stream_id} v{event.stream_version}, "

@@ -50,7 +50,7 @@ import psycopg
 from psycopg import sql as pgsql
 from psycopg.rows import dict_row
 
-from eventstore import CheckpointNotInLog, EventStore, EventStoreError, StoredEvent
+from eventstore import CheckpointNotInLog, EventStore, EventStoreError, RawStoredEvent
 
 from . import sql
 from .errors import ProjectionError
@@ -187,7 +187,7 @@ def rebuild(
         done = 0
         phase = "rebuild"
 
-        def advance(count: int, _: StoredEvent) -> None:
+        def advance(count: int, _: RawStoredEvent) -> None:
             nonlocal done
             done += count
             say(phase, done, max(total, done))

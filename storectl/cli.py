@@ -38,6 +38,7 @@ from eventstore.events import (
     AppendResult,
     ExpectedVersion,
     NewEvent,
+    RawStoredEvent,
     StoredEvent,
 )
 from eventstore.settings import Settings, redact
@@ -788,7 +789,7 @@ def _project_catch_up(args: argparse.Namespace) -> int:
             display = ProgressDisplay("catch-up")
             done = 0
 
-            def advance(count: int, _: StoredEvent) -> None:
+            def advance(count: int, _: RawStoredEvent) -> None:
                 nonlocal done
                 done += count
                 display.update(done, max(total, done))
@@ -826,7 +827,7 @@ def _project_run(args: argparse.Namespace) -> int:
                 flush=True,
             )
 
-        def applied(count: int, last: StoredEvent) -> None:
+        def applied(count: int, last: RawStoredEvent) -> None:
             print(
                 f"eventstore: projection {runner.name}: +{count} events, "
                 f"checkpoint {last.checkpoint}",
