@@ -42,6 +42,7 @@ from eventstore import sql as store_sql
 from projections.runner import ProjectionRunner
 from projections.trading import TradingProjection
 from trading import CashDeposited, PortfolioOpened, Trade, trading_registry
+from trading.sql import TRADE_IN_STREAM
 
 from . import sides
 from .append_bench import raw_connect, trade_payloads
@@ -67,7 +68,7 @@ class Sizes:
     log_sizes: tuple[int, int]
 
 
-QUICK: Final = Sizes(3, 150, 8, 30, 15, 50, (4_000, 12_000), 3.0, (10_000, 50_000))
+QUICK: Final = Sizes(3, 150, 8, 30, 15, 50, (4_000, 12_000), 3.0, (40_000, 100_000))
 FULL: Final = Sizes(5, 2_000, 40, 300, 100, 1_000, (50_000, 200_000), 15.0, (100_000, 1_000_000))
 
 
@@ -610,6 +611,7 @@ SELECT count(*) FROM generate_series(%s::int, %s::int) g,
 
 
 def timed_ms(fn: Callable[[], Any], repeat: int) -> float:
+    fn()  # warm: plan cached, pages in shared buffers
     times = []
     for _ in range(repeat):
         start = time.perf_counter()
@@ -618,70 +620,99 @@ def timed_ms(fn: Callable[[], Any], repeat: int) -> float:
     return statistics.median(times)
 
 
+def server_ms(conn: psycopg.Connection[Any], query: Any, params: Any, repeat: int = 5) -> float:
+    """The server's execution time (EXPLAIN ANALYZE), median of ``repeat``:
+    what grows with the log, without the client's scheduling noise."""
+    sql_query = pgsql.SQL(query) if isinstance(query, str) else query
+    explain = pgsql.SQL("EXPLAIN (ANALYZE, FORMAT JSON) ") + sql_query
+    times = []
+    for _ in range(repeat + 1):
+        row = conn.execute(explain, params).fetchone()
+        assert row is not None
+        times.append(float(row[0][0]["Execution Time"]))
+    return statistics.median(times[1:])
+
+
+def plan_text(conn: psycopg.Connection[Any], query: Any, params: Any) -> str:
+    sql_query = pgsql.SQL(query) if isinstance(query, str) else query
+    explain = pgsql.SQL("EXPLAIN (ANALYZE, COSTS OFF, TIMING OFF, SUMMARY OFF) ") + sql_query
+    return "\n".join(r[0] for r in conn.execute(explain, params).fetchall())
+
+
+def _find(**used: bool) -> Any:
+    flags = dict.fromkeys(("type", "symbol", "category", "stream_id", "since", "until"), False)
+    flags.update(used)
+    return store_sql.find_events(**flags)
+
+
+#: (name, query, parameters) of the reads the store and the adapter run that
+#: could grow with the log.
+SIZE_QUERIES: Final = (
+    ("find_events(symbol), tied times", _find(symbol=True), {"symbol": BULK_SYMBOL, "limit": 100}),
+    ("find_events(type), tied times", _find(type=True), {"type": "BulkImported", "limit": 100}),
+    (
+        "find_events(category), tied times",
+        _find(category=True),
+        {"category": "bulk", "limit": 100},
+    ),
+    (
+        "find_events(type, stream_id) (list_trades)",
+        _find(type=True, stream_id=True),
+        {"type": "TradeExecuted", "stream_id": "portfolio-rb0", "limit": 100},
+    ),
+    ("adapter TRADE_IN_STREAM (cancel_trade)", TRADE_IN_STREAM, ("portfolio-rb0", "t-rb0-7")),
+    ("read_all first page", store_sql.READ_ALL, ("0", 0, 1001)),
+    ("read_stream of 100", store_sql.READ_STREAM, ("rs-1", 1, None)),
+)
+
+
 def log_size_case(dsn: str, sizes: Sizes) -> tuple[list[dict[str, Any]], str]:
-    """find_events(symbol) with tied business times, the first page of
-    read_all, and one-event appends, at two log sizes; and the plans."""
-    rows = []
+    """Every read query's server time and some client calls, at two log
+    sizes (business times tied in the bulk import); and the plans."""
+    rows: list[dict[str, Any]] = []
     plans = ""
+    payload = trade_payloads(1, "ls")[0]
     with EventStore.open(dsn, registry=trading_registry()) as store:
         for size in sizes.log_sizes:
             bulk_fill(dsn, size)
+            last = size == sizes.log_sizes[-1]
             with psycopg.connect(dsn, autocommit=True) as conn:
-                count = int(conn.execute("SELECT count(*) FROM utcp.stored_events").fetchone()[0])  # type: ignore[index]
-            payload = trade_payloads(1, "ls")[0]
+                row = conn.execute("SELECT count(*) FROM utcp.stored_events").fetchone()
+                assert row is not None
+                count = int(row[0])
+                result: dict[str, Any] = {"log_events": count}
+                for name, query, params in SIZE_QUERIES:
+                    result[f"server: {name}"] = server_ms(conn, query, params)
+                    if last:
+                        plans += f"-- {name} at {count:,} events\n"
+                        plans += plan_text(conn, query, params) + "\n"
+                # The index this change replaces, in a rolled-back transaction.
+                with conn.transaction(force_rollback=True):
+                    conn.execute("DROP INDEX utcp.stored_events_symbol_time")
+                    conn.execute(
+                        "CREATE INDEX stored_events_symbol_time ON utcp.stored_events "
+                        "(symbol, occurred_at) WHERE symbol IS NOT NULL"
+                    )
+                    name, query, params = SIZE_QUERIES[0]
+                    result[f"server: {name}, old index"] = server_ms(conn, query, params)
+                    if last:
+                        plans += (
+                            f"-- {name} at {count:,} events, with event_indexes' "
+                            "(symbol, occurred_at)\n" + plan_text(conn, query, params) + "\n"
+                        )
             stream = f"ls-{size}"
-            results = {
-                "log_events": count,
-                "find_events_symbol_ms": timed_ms(
-                    lambda: store.find_events(symbol=BULK_SYMBOL, limit=100), 20
-                ),
-                "find_events_type_ms": timed_ms(
-                    lambda: store.find_events(type="BulkImported", limit=100), 20
-                ),
-                "find_events_category_ms": timed_ms(
-                    lambda: store.find_events(category="bulk", limit=100), 20
-                ),
-                "read_all_first_page_ms": timed_ms(lambda: store.read_all(limit=1000), 10),
-                "append_1_ms": timed_ms(
-                    lambda s=stream, p=payload: store.append(s, [NewEvent(sides.EVENT_TYPE, p)]),  # type: ignore[misc]
-                    50,
-                ),
-            }
-            rows.append(results)
-        query = store_sql.find_events(
-            type=False, symbol=True, category=False, stream_id=False, since=False, until=False
-        )
-        with psycopg.connect(dsn, autocommit=True) as conn:
-            for label, q, params in (
-                ("find_events(symbol=...)", query, {"symbol": BULK_SYMBOL, "limit": 100}),
-                ("read_all first page", store_sql.READ_ALL, ("0", 0, 1001)),
-            ):
-                plan = conn.execute(
-                    pgsql.SQL("EXPLAIN (ANALYZE, COSTS OFF, TIMING OFF, SUMMARY OFF) ")
-                    + (pgsql.SQL(q) if isinstance(q, str) else q),
-                    params,
-                ).fetchall()
-                plans += f"-- {label} at {count:,} events\n" + "\n".join(r[0] for r in plan) + "\n"
-            # The same query under event_indexes' definition (no tie-break),
-            # in a transaction rolled back: the plan and time it replaces.
-            with conn.transaction(force_rollback=True):
-                conn.execute("DROP INDEX utcp.stored_events_symbol_time")
-                conn.execute(
-                    "CREATE INDEX stored_events_symbol_time ON utcp.stored_events "
-                    "(symbol, occurred_at) WHERE symbol IS NOT NULL"
-                )
-                params = {"symbol": BULK_SYMBOL, "limit": 100}
-                plan = conn.execute(
-                    pgsql.SQL("EXPLAIN (ANALYZE, COSTS OFF, TIMING OFF, SUMMARY OFF) ") + query,
-                    params,
-                ).fetchall()
-                plans += (
-                    f"-- find_events(symbol=...) at {count:,} events, with the index of "
-                    "event_indexes (symbol, occurred_at)\n" + "\n".join(r[0] for r in plan) + "\n"
-                )
-                rows[-1]["find_events_symbol_old_index_ms"] = timed_ms(
-                    lambda: conn.execute(query, params).fetchall(), 20
-                )
+
+            def append_one(s: str = stream) -> Any:
+                return store.append(s, [NewEvent(sides.EVENT_TYPE, payload)])
+
+            result["client: store.find_events(symbol)"] = timed_ms(
+                lambda: store.find_events(symbol=BULK_SYMBOL, limit=100), 20
+            )
+            result["client: store.read_all first page"] = timed_ms(
+                lambda: store.read_all(limit=1000), 10
+            )
+            result["client: store.append of 1"] = timed_ms(append_one, 30)
+            rows.append(result)
     return rows, plans
 
 
@@ -833,19 +864,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     if size_rows:
         print()
         print(
-            "log size (median ms per call)   "
+            "log size (median ms)"
+            + " " * 40
             + "   ".join(f"{r['log_events']:>10,}" for r in size_rows)
         )
-        for key in (
-            "find_events_symbol_ms",
-            "find_events_symbol_old_index_ms",
-            "find_events_type_ms",
-            "find_events_category_ms",
-            "read_all_first_page_ms",
-            "append_1_ms",
-        ):
+        for key in size_rows[-1]:
+            if key == "log_events":
+                continue
             print(
-                f"  {key:<32}"
+                f"  {key:<58}"
                 + "   ".join(f"{r[key]:>10.2f}" if key in r else f"{'-':>10}" for r in size_rows)
             )
     print()
