@@ -344,6 +344,17 @@ class Bench:
         if not store_rows == raw_rows == es_rows:
             raise CountMismatch(f"rows: store {store_rows}, raw {raw_rows}, es {es_rows}")
         store = self.stores["store"]
+        # read_all hands out only events older than every transaction still
+        # running in the cluster (DESIGN.md §4): another session's open
+        # transaction holds the newest back. Wait until all are readable.
+        deadline = time.perf_counter() + 300
+        while (seen := sides.store_read_all(store, raw=True)) < store_rows:
+            if time.perf_counter() > deadline:
+                raise CountMismatch(
+                    f"read_all sees {seen} of {store_rows} events after 300 s: a long "
+                    "transaction elsewhere in the cluster holds the readers' horizon"
+                )
+            time.sleep(0.5)
         cases = []
         for raw, label in ((False, "decoded payloads"), (True, "payloads as bytes")):
             work: dict[str, Callable[[int], int]] = {
