@@ -4,12 +4,8 @@ queries served by the log's indexes."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Final, Literal, overload
+from typing import Any, Literal, overload
 
-import psycopg
-from psycopg.abc import Buffer
-from psycopg.adapt import Loader
-from psycopg.pq import Format
 from psycopg.rows import dict_row
 
 from . import sql
@@ -20,33 +16,7 @@ from .errors import ValidationError
 from .events import RawStoredEvent, StoredEvent
 from .limits import MAX_BIGINT
 
-__all__ = ["RawJsonbLoader", "Reader"]
-
-_JSONB_VERSION: Final = 1
-
-
-class RawJsonbLoader(Loader):
-    """jsonb in binary format to the bytes of its JSON text, undecoded.
-
-    PostgreSQL sends a binary jsonb as a version byte (1) and the same text
-    ``jsonb_out`` renders, so this costs one copy: no parsing on either
-    side (bench/README.md measures it against ``data::text``)."""
-
-    format = Format.BINARY
-
-    def load(self, data: Buffer) -> bytes:
-        # One copy, of the slice (bytes(data)[1:] would copy twice: half
-        # the speed, bench/README.md).
-        if data[0] != _JSONB_VERSION:
-            raise psycopg.DataError(f"unknown jsonb binary format version {data[0]}")
-        return bytes(data[1:])
-
-
-def _raw_cursor(conn: psycopg.Connection[Any]) -> psycopg.Cursor[Any]:
-    """A binary cursor that hands back jsonb values as their JSON bytes."""
-    cur = conn.cursor(binary=True)
-    cur.adapters.register_loader("jsonb", RawJsonbLoader)
-    return cur
+__all__ = ["Reader"]
 
 
 class Reader:
@@ -95,7 +65,7 @@ class Reader:
         check_limit(limit, "read_stream", allow_none=True)
         return self._fetch_events(
             "read_stream",
-            sql.READ_STREAM,
+            sql.READ_STREAM_RAW if raw else sql.READ_STREAM,
             (stream_id, from_version, limit),
             stream_id=stream_id,
             raw=raw,
@@ -156,20 +126,21 @@ class Reader:
         query: str
         params: tuple[Any, ...]
         if types is None:
-            query, params = sql.READ_ALL, (tx, pos, fetch)
+            query = sql.READ_ALL_RAW if raw else sql.READ_ALL
+            params = (tx, pos, fetch)
         elif isinstance(types, str) or not all(isinstance(t, str) for t in types):
             raise ValidationError(
                 "types must be a sequence of type names", field="types", operation="read_all"
             )
         else:
-            query, params = sql.READ_ALL_TYPES, (tx, pos, list(types), fetch)
+            query = sql.READ_ALL_TYPES_RAW if raw else sql.READ_ALL_TYPES
+            params = (tx, pos, list(types), fetch)
 
         make = RawStoredEvent if raw else StoredEvent
 
         def work(_: int) -> list[Any]:
             with self._db.connection() as conn:
-                cur = _raw_cursor(conn) if raw else conn.cursor(binary=True)
-                rows = cur.execute(query, params).fetchall()
+                rows = conn.cursor(binary=True).execute(query, params).fetchall()
                 if int(tx) == 0 and pos == 0:  # the start of the log (START)
                     return [make(*row) for row in rows[:limit]]
                 if rows and rows[0][1] == head:
@@ -260,8 +231,7 @@ class Reader:
 
         def work(_: int) -> list[Any]:
             with self._db.connection() as conn:
-                cur = _raw_cursor(conn) if raw else conn.cursor(binary=True)
-                rows = cur.execute(query, params).fetchall()
+                rows = conn.cursor(binary=True).execute(query, params).fetchall()
             return [make(*row) for row in rows]
 
         events: list[StoredEvent] | list[RawStoredEvent] = self._db.run(
