@@ -548,7 +548,7 @@ def prepare_database(dsn: str) -> None:
             )
         )
     deploy = subprocess.run(
-        [sys.executable, "-m", "eventstore", "db", "deploy", "--dsn", dsn],
+        [sys.executable, "-m", "storectl", "db", "deploy", "--dsn", dsn],
         capture_output=True,
         text=True,
         check=False,

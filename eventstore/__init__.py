@@ -44,7 +44,9 @@ from .events import (
     EventSchema,
     ExpectedVersion,
     NewEvent,
+    RawStoredEvent,
     StoredEvent,
+    payload_decoder,
 )
 from .health import StoreStatus
 from .paging import Page
@@ -86,6 +88,7 @@ __all__ = [
     "LogOrderHazard",
     "NewEvent",
     "Page",
+    "RawStoredEvent",
     "SchemaNotDeployed",
     "Settings",
     "SettingsWarning",
@@ -98,6 +101,7 @@ __all__ = [
     "WrongExpectedVersion",
     "__version__",
     "checkpoint_sql",
+    "payload_decoder",
     "present_as_package",
     "sqitch",
     "visible_sql",

@@ -13,9 +13,11 @@ import os
 import time
 import uuid
 from collections.abc import Mapping
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 import msgspec
+
+S = TypeVar("S", bound=msgspec.Struct)
 
 __all__ = [
     "ANY",
@@ -26,6 +28,7 @@ __all__ = [
     "EventSchema",
     "ExpectedVersion",
     "NewEvent",
+    "RawStoredEvent",
     "StoredEvent",
     "uuid7",
 ]
@@ -94,6 +97,32 @@ class StoredEvent(msgspec.Struct, frozen=True):
     hash: bytes
 
 
+class RawStoredEvent(msgspec.Struct, frozen=True):
+    """A stored event whose payload and metadata are their JSON text, as
+    the database sends it (``read_all(raw=True)``, ``read_stream(raw=True)``):
+    for consumers that forward, export or decode lazily, for instance
+    straight into a payload Struct (:meth:`EventRegistry.decode_raw`).
+
+    ``data`` is the JSON of the stored ``jsonb``: PostgreSQL's own rendering
+    (keys in jsonb's order, one space after ``:`` and ``,``), not the bytes
+    the writer sent; it decodes to the same value.
+    """
+
+    position: int
+    checkpoint: str
+    event_id: uuid.UUID
+    stream_id: str
+    stream_version: int
+    type: str
+    data: bytes
+    metadata: bytes | None
+    symbol: str | None
+    occurred_at: dt.datetime
+    created_at: dt.datetime
+    prev_hash: bytes | None
+    hash: bytes
+
+
 class AppendResult(msgspec.Struct, frozen=True):
     """What one append wrote (or, with ``duplicate=True``, had written before)."""
 
@@ -121,6 +150,7 @@ class EventRegistry:
     def __init__(self) -> None:
         self._by_name: dict[str, EventSchema] = {}
         self._by_struct: dict[type[msgspec.Struct], EventSchema] = {}
+        self._decoders: dict[str, msgspec.json.Decoder[Any]] = {}
 
     def register(
         self,
@@ -141,6 +171,7 @@ class EventRegistry:
             raise ValueError(f"event type {name!r} is already registered to {existing.struct}")
         self._by_name[name] = schema
         self._by_struct[struct] = schema
+        self._decoders[name] = payload_decoder(struct)
         return schema
 
     def get(self, name: str) -> EventSchema | None:
@@ -158,6 +189,26 @@ class EventRegistry:
         if schema is None:
             return event.data
         return msgspec.convert(event.data, schema.struct, strict=False)
+
+    def decode_raw(self, event: RawStoredEvent) -> Any:
+        """The payload of a raw stored event, decoded from its JSON straight
+        into its registered Struct (no dict in between), or into a dict
+        when the type is not registered. Raises msgspec.ValidationError /
+        msgspec.DecodeError when the payload does not fit the Struct."""
+        decoder = self._decoders.get(event.type)
+        if decoder is None:
+            return _dict_decoder.decode(event.data)
+        return decoder.decode(event.data)
+
+
+def payload_decoder(struct: type[S]) -> msgspec.json.Decoder[S]:
+    """A JSON decoder into ``struct`` that accepts what
+    ``msgspec.convert(data, struct, strict=False)`` accepts from the same
+    payload decoded into a dict (decimals and times as strings)."""
+    return msgspec.json.Decoder(struct, strict=False)
+
+
+_dict_decoder: Final = msgspec.json.Decoder(dict[str, Any])
 
 
 _last_ms = 0

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Iterator, Mapping, Sequence
-from typing import Any, LiteralString
+from typing import Any, Literal, LiteralString, overload
 
 from psycopg.rows import dict_row
 from psycopg.sql import SQL, Composed
@@ -15,7 +15,7 @@ from .checkpoint import Checkpoint, checkpoint_not_in_log
 from .codec import check_identifier, check_limit, check_query_time, check_stream_id
 from .connection import Database
 from .errors import ValidationError
-from .events import StoredEvent
+from .events import RawStoredEvent, StoredEvent
 from .limits import MAX_BIGINT
 from .paging import Page, page_cursor, parse_page_cursor
 
@@ -26,10 +26,34 @@ class Reader:
     def __init__(self, db: Database) -> None:
         self._db = db
 
+    @overload
     def read_stream(
-        self, stream_id: str, *, from_version: int = 1, limit: int | None = None
-    ) -> list[StoredEvent]:
-        """The events of one stream, from ``from_version`` on, in version order."""
+        self,
+        stream_id: str,
+        *,
+        from_version: int = ...,
+        limit: int | None = ...,
+        raw: Literal[False] = ...,
+    ) -> list[StoredEvent]: ...
+    @overload
+    def read_stream(
+        self,
+        stream_id: str,
+        *,
+        from_version: int = ...,
+        limit: int | None = ...,
+        raw: Literal[True],
+    ) -> list[RawStoredEvent]: ...
+    def read_stream(
+        self,
+        stream_id: str,
+        *,
+        from_version: int = 1,
+        limit: int | None = None,
+        raw: bool = False,
+    ) -> list[StoredEvent] | list[RawStoredEvent]:
+        """The events of one stream, from ``from_version`` on, in version
+        order (``raw``: payloads as their JSON bytes, RawStoredEvent)."""
         check_stream_id(stream_id, "read_stream")
         if (
             not isinstance(from_version, int)
@@ -43,7 +67,11 @@ class Reader:
             )
         check_limit(limit, "read_stream", allow_none=True)
         return self._fetch_events(
-            "read_stream", sql.READ_STREAM, (stream_id, from_version, limit), stream_id=stream_id
+            "read_stream",
+            sql.READ_STREAM_RAW if raw else sql.READ_STREAM,
+            (stream_id, from_version, limit),
+            stream_id=stream_id,
+            raw=raw,
         )
 
     def stream_version(self, stream_id: str) -> int:
@@ -58,14 +86,34 @@ class Reader:
         version: int = self._db.run("stream_version", work, stream_id=stream_id)
         return version
 
+    @overload
+    def read_all(
+        self,
+        *,
+        after: str | None = ...,
+        limit: int = ...,
+        types: Sequence[str] | None = ...,
+        raw: Literal[False] = ...,
+    ) -> list[StoredEvent]: ...
+    @overload
+    def read_all(
+        self,
+        *,
+        after: str | None = ...,
+        limit: int = ...,
+        types: Sequence[str] | None = ...,
+        raw: Literal[True],
+    ) -> list[RawStoredEvent]: ...
     def read_all(
         self,
         *,
         after: str | None = None,
         limit: int = 1000,
         types: Sequence[str] | None = None,
-    ) -> list[StoredEvent]:
-        """The next page of the global log after checkpoint ``after``.
+        raw: bool = False,
+    ) -> list[StoredEvent] | list[RawStoredEvent]:
+        """The next page of the global log after checkpoint ``after``
+        (``raw``: payloads as their JSON bytes, RawStoredEvent).
 
         Every committed event exactly once, in one order that is the same
         for every reader, and never behind a checkpoint already handed out,
@@ -82,21 +130,25 @@ class Reader:
         query: str
         params: tuple[Any, ...]
         if types is None:
-            query, params = sql.READ_ALL, (tx, pos, fetch)
+            query = sql.READ_ALL_RAW if raw else sql.READ_ALL
+            params = (tx, pos, fetch)
         elif isinstance(types, str) or not all(isinstance(t, str) for t in types):
             raise ValidationError(
                 "types must be a sequence of type names", field="types", operation="read_all"
             )
         else:
-            query, params = sql.READ_ALL_TYPES, (tx, pos, list(types), fetch)
+            query = sql.READ_ALL_TYPES_RAW if raw else sql.READ_ALL_TYPES
+            params = (tx, pos, list(types), fetch)
 
-        def work(_: int) -> list[StoredEvent]:
+        make = RawStoredEvent if raw else StoredEvent
+
+        def work(_: int) -> list[Any]:
             with self._db.connection() as conn:
                 rows = conn.cursor(binary=True).execute(query, params).fetchall()
                 if checkpoint.is_start:
-                    return [StoredEvent(*row) for row in rows[:limit]]
+                    return [make(*row) for row in rows[:limit]]
                 if rows and rows[0][1] == head:
-                    return [StoredEvent(*row) for row in rows[1:]]
+                    return [make(*row) for row in rows[1:]]
                 probe = conn.execute(sql.CHECKPOINT_PROBE, {"tx": tx, "pos": pos}).fetchone()
             if probe is not None and (probe[0] or probe[1]):
                 # In the log but not visible yet (or not replayed yet, on a
@@ -104,7 +156,7 @@ class Reader:
                 return []
             raise checkpoint_not_in_log(head)
 
-        events: list[StoredEvent] = self._db.run("read_all", work)
+        events: list[StoredEvent] | list[RawStoredEvent] = self._db.run("read_all", work)
         return events
 
     def find_events(
@@ -231,14 +283,43 @@ class Reader:
         rows: list[Any] = self._db.run(operation, work)
         return rows
 
+    @overload
     def _fetch_events(
-        self, operation: str, query: Any, params: Any, *, stream_id: str | None = None
-    ) -> list[StoredEvent]:
-        def work(_: int) -> list[StoredEvent]:
-            with self._db.connection() as conn:
-                cur = conn.cursor(binary=True)
-                rows = cur.execute(query, params).fetchall()
-            return [StoredEvent(*row) for row in rows]
+        self,
+        operation: str,
+        query: Any,
+        params: Any,
+        *,
+        stream_id: str | None = ...,
+        raw: Literal[False] = ...,
+    ) -> list[StoredEvent]: ...
+    @overload
+    def _fetch_events(
+        self,
+        operation: str,
+        query: Any,
+        params: Any,
+        *,
+        stream_id: str | None = ...,
+        raw: bool,
+    ) -> list[StoredEvent] | list[RawStoredEvent]: ...
+    def _fetch_events(
+        self,
+        operation: str,
+        query: Any,
+        params: Any,
+        *,
+        stream_id: str | None = None,
+        raw: bool = False,
+    ) -> list[StoredEvent] | list[RawStoredEvent]:
+        make = RawStoredEvent if raw else StoredEvent
 
-        events: list[StoredEvent] = self._db.run(operation, work, stream_id=stream_id)
+        def work(_: int) -> list[Any]:
+            with self._db.connection() as conn:
+                rows = conn.cursor(binary=True).execute(query, params).fetchall()
+            return [make(*row) for row in rows]
+
+        events: list[StoredEvent] | list[RawStoredEvent] = self._db.run(
+            operation, work, stream_id=stream_id
+        )
         return events

@@ -12,14 +12,22 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Iterator, Mapping, Sequence
 from types import TracebackType
-from typing import Any, LiteralString
+from typing import Any, Literal, LiteralString, overload
 
 from psycopg.sql import SQL, Composed
 
 from . import chain, health
 from .chain import DEFAULT_ANCHOR_LOCK_TIMEOUT, Anchor, ChainReport
 from .connection import Database
-from .events import ANY, AppendResult, EventRegistry, ExpectedVersion, NewEvent, StoredEvent
+from .events import (
+    ANY,
+    AppendResult,
+    EventRegistry,
+    ExpectedVersion,
+    NewEvent,
+    RawStoredEvent,
+    StoredEvent,
+)
 from .health import StoreStatus
 from .paging import Page
 from .reading import Reader
@@ -118,30 +126,86 @@ class EventStore:
 
     # -- reading ------------------------------------------------------------
 
+    @overload
     def read_stream(
-        self, stream_id: str, *, from_version: int = 1, limit: int | None = None
-    ) -> list[StoredEvent]:
-        """The events of one stream, from ``from_version`` on, in version order."""
+        self,
+        stream_id: str,
+        *,
+        from_version: int = ...,
+        limit: int | None = ...,
+        raw: Literal[False] = ...,
+    ) -> list[StoredEvent]: ...
+    @overload
+    def read_stream(
+        self,
+        stream_id: str,
+        *,
+        from_version: int = ...,
+        limit: int | None = ...,
+        raw: Literal[True],
+    ) -> list[RawStoredEvent]: ...
+    def read_stream(
+        self,
+        stream_id: str,
+        *,
+        from_version: int = 1,
+        limit: int | None = None,
+        raw: bool = False,
+    ) -> list[StoredEvent] | list[RawStoredEvent]:
+        """The events of one stream, from ``from_version`` on, in version order.
+
+        ``raw=True``: :class:`RawStoredEvent`, each payload and metadata as
+        its JSON bytes, undecoded (decode lazily, or into the registered
+        Struct with ``store.registry.decode_raw(event)``)."""
+        if raw:
+            return self._reader.read_stream(
+                stream_id, from_version=from_version, limit=limit, raw=True
+            )
         return self._reader.read_stream(stream_id, from_version=from_version, limit=limit)
 
     def stream_version(self, stream_id: str) -> int:
         """The stream's current version (0 when it does not exist)."""
         return self._reader.stream_version(stream_id)
 
+    @overload
+    def read_all(
+        self,
+        *,
+        after: str | None = ...,
+        limit: int = ...,
+        types: Sequence[str] | None = ...,
+        raw: Literal[False] = ...,
+    ) -> list[StoredEvent]: ...
+    @overload
+    def read_all(
+        self,
+        *,
+        after: str | None = ...,
+        limit: int = ...,
+        types: Sequence[str] | None = ...,
+        raw: Literal[True],
+    ) -> list[RawStoredEvent]: ...
     def read_all(
         self,
         *,
         after: str | None = None,
         limit: int = 1000,
         types: Sequence[str] | None = None,
-    ) -> list[StoredEvent]:
+        raw: bool = False,
+    ) -> list[StoredEvent] | list[RawStoredEvent]:
         """The next page of the global log after checkpoint ``after``.
 
         Every committed event exactly once, in one order that is the same
         for every reader, and never behind a checkpoint already handed out,
         however writers' commits interleave (docs/design.md §4). An empty page
         means "nothing more committed yet".
+
+        ``raw=True``: :class:`RawStoredEvent`, each payload and metadata as
+        its JSON bytes, undecoded (decode lazily, or into the registered
+        Struct with ``store.registry.decode_raw(event)``).
         """
+        if raw:
+            return self._reader.read_all(after=after, limit=limit, types=types, raw=True)
         return self._reader.read_all(after=after, limit=limit, types=types)
 
     def iter_stream(

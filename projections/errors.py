@@ -11,6 +11,7 @@ import psycopg
 
 from eventstore import (
     EventStoreError,
+    RawStoredEvent,
     SchemaNotDeployed,
     StorageError,
     StorageUnavailable,
@@ -35,7 +36,9 @@ class ProjectionError(EventStoreError):
     it, with its checkpoint just before the event, and shows the error in
     ``eventstore project status``."""
 
-    def __init__(self, projection: str, event: StoredEvent, reason: str, **ctx: Any) -> None:
+    def __init__(
+        self, projection: str, event: StoredEvent | RawStoredEvent, reason: str, **ctx: Any
+    ) -> None:
         super().__init__(
             f"projection {projection!r} cannot apply event {event.event_id} "
             f"({event.type}, {event.stream_id} v{event.stream_version}, "

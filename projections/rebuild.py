@@ -50,7 +50,13 @@ import psycopg
 from psycopg import sql as pgsql
 from psycopg.rows import dict_row
 
-from eventstore import Checkpoint, CheckpointNotInLog, EventStore, EventStoreError, StoredEvent
+from eventstore import (
+    Checkpoint,
+    CheckpointNotInLog,
+    EventStore,
+    EventStoreError,
+    RawStoredEvent,
+)
 
 from . import sql
 from .errors import ProjectionError, mapped_errors
@@ -212,7 +218,7 @@ def _rebuild(
         done = 0
         phase = "rebuild"
 
-        def advance(count: int, _: StoredEvent) -> None:
+        def advance(count: int, _: RawStoredEvent) -> None:
             nonlocal done
             done += count
             say(phase, done, max(total, done))

@@ -22,7 +22,7 @@ from typing import Any, Final, LiteralString, TypeVar
 import msgspec
 import psycopg
 
-from eventstore import StoredEvent
+from eventstore import RawStoredEvent, StoredEvent, payload_decoder
 from trading import (
     CashDeposited,
     CashWithdrawn,
@@ -47,6 +47,13 @@ EVENT_TYPES: Final[dict[str, type[msgspec.Struct]]] = {
     for cls in (PortfolioOpened, CashDeposited, CashWithdrawn, Trade, TradeCancelled)
 }
 
+#: Each type's payload decoded from its JSON bytes straight into its Struct.
+DECODERS: Final[dict[str, msgspec.json.Decoder[Any]]] = {
+    name: payload_decoder(cls) for name, cls in EVENT_TYPES.items()
+}
+
+Event = StoredEvent | RawStoredEvent
+
 #: A row being worked on, by column name; built from the table's Struct
 #: (projections.models), so its keys are the table's columns.
 Row = dict[str, Any]
@@ -70,9 +77,7 @@ class TradingProjection:
     #: The event types it reads; everything else (audit events…) moves nothing.
     event_types: Final = tuple(EVENT_TYPES)
 
-    def apply(
-        self, conn: psycopg.Connection[Any], events: Sequence[StoredEvent], tables: Tables
-    ) -> None:
+    def apply(self, conn: psycopg.Connection[Any], events: Sequence[Event], tables: Tables) -> None:
         """Apply ``events`` (in log order) to ``tables``, in ``conn``'s transaction."""
         batch = _Batch(conn, tables)
         decoded = [(event, self._decode(event)) for event in events]
@@ -91,13 +96,20 @@ class TradingProjection:
                     ) from exc
         batch.flush()
 
-    def _decode(self, event: StoredEvent) -> msgspec.Struct | None:
+    def _decode(self, event: Event) -> msgspec.Struct | None:
+        """The payload as its Struct (None for types the projection does not
+        read: those are never decoded). A raw event's JSON bytes decode
+        straight into the Struct; a decoded event's dict is converted."""
         cls = EVENT_TYPES.get(event.type)
         if cls is None:
             return None
+        payload: msgspec.Struct
         try:
-            payload = msgspec.convert(event.data, cls, strict=False)
-        except msgspec.ValidationError as exc:
+            if isinstance(event, RawStoredEvent):
+                payload = DECODERS[event.type].decode(event.data)
+            else:
+                payload = msgspec.convert(event.data, cls, strict=False)
+        except (msgspec.ValidationError, msgspec.DecodeError) as exc:
             raise ProjectionError(self.name, event, f"payload does not decode: {exc}") from exc
         expected = PORTFOLIO_PREFIX + payload.portfolio_id  # type: ignore[attr-defined]
         if event.stream_id != expected:
@@ -179,7 +191,7 @@ class _Batch:
             raise _Refused(f"portfolio {portfolio_id!r} was never opened")
         return row
 
-    def apply(self, event: StoredEvent, payload: msgspec.Struct) -> None:
+    def apply(self, event: Event, payload: msgspec.Struct) -> None:
         at = event.created_at
         if isinstance(payload, PortfolioOpened):
             self._open(payload, at)
@@ -211,7 +223,7 @@ class _Batch:
         self.portfolios[opened.portfolio_id] = row
         self.dirty_portfolios.add(opened.portfolio_id)
 
-    def _execute(self, trade: Trade, event: StoredEvent, at: dt.datetime) -> None:
+    def _execute(self, trade: Trade, event: Event, at: dt.datetime) -> None:
         portfolio = self._portfolio(trade.portfolio_id)
         if self.trades.get(trade.trade_id) is not None:
             raise _Refused(f"trade {trade.trade_id!r} was already executed")

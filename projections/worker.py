@@ -18,7 +18,7 @@ from typing import Final
 
 import msgspec
 
-from eventstore import EventStore, StorageUnavailable, StoredEvent
+from eventstore import EventStore, RawStoredEvent, StorageUnavailable
 
 from .errors import CheckpointMoved, WorkerActive, mapped_errors
 from .runner import DEFAULT_BATCH, ProjectionRunner
@@ -114,7 +114,7 @@ def catch_up(
             total = projection_status(store, name).lag_events
             done = 0
 
-            def advance(count: int, _: StoredEvent) -> None:
+            def advance(count: int, _: RawStoredEvent) -> None:
                 nonlocal done
                 done += count
                 if progress is not None:
@@ -147,7 +147,7 @@ def run_worker(
     runner = ProjectionRunner(store, dsn, batch_size=batch_size, poll_interval=poll_interval)
     name = runner.name
 
-    def applied(count: int, last: StoredEvent) -> None:
+    def applied(count: int, last: RawStoredEvent) -> None:
         events = "1 event" if count == 1 else f"{count:,} events"
         log.debug("projection %s: +%s, checkpoint %s", name, events, last.checkpoint)
 

@@ -8,7 +8,10 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 DSN="${EVENTSTORE_DSN:-postgresql://root@127.0.0.1:5432/test}"
 PYTHON="${PYTHON:-python3}"
 VENV=.venv
-STAMP="$VENV/.installed"
+# The project's optional extras to install: dev always; `make bench` adds
+# bench (the eventsourcing library, for the benchmark's comparison only).
+EXTRAS="${EVENTSTORE_EXTRAS:-dev,service}"
+STAMP="$VENV/.installed-${EXTRAS//,/-}"
 
 die() { echo "bootstrap: $*" >&2; exit 1; }
 
@@ -25,7 +28,7 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 if [ ! -f "$STAMP" ] || [ pyproject.toml -nt "$STAMP" ]; then
     echo "bootstrap: installing the project into $VENV"
-    "$VENV/bin/python" -m pip install --quiet -e '.[dev,service]'
+    "$VENV/bin/python" -m pip install --quiet -e ".[$EXTRAS]"
     touch "$STAMP"
 fi
 

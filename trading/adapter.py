@@ -151,9 +151,7 @@ class StorageAdapter:
         position as if it had never happened."""
         cancel = _validated(cancel, TradeCancelled, "cancel_trade")
         stream = portfolio_stream(cancel.portfolio_id)
-        rows = self.store.query(
-            "cancel_trade", sql.TRADE_IN_STREAM, (stream, TRADE_EXECUTED, cancel.trade_id)
-        )
+        rows = self.store.query("cancel_trade", sql.TRADE_IN_STREAM, (stream, cancel.trade_id))
         if not rows or not rows[0][0]:
             # The projection would stop at such a cancellation: refuse it here.
             raise ValidationError(

@@ -20,7 +20,6 @@ least-privilege writer role.
 from __future__ import annotations
 
 import functools
-
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
