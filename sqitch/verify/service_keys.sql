@@ -5,3 +5,4 @@ SELECT 1 / (NOT has_table_privilege('utcp_writer', 'utcp.api_keys', 'INSERT'))::
 SELECT 1 / (NOT has_table_privilege('utcp_reader', 'utcp.api_keys', 'SELECT'))::int;
 SELECT 1 / (has_table_privilege('utcp_operator', 'utcp.api_keys', 'INSERT'))::int;
 SELECT 1 / (NOT has_table_privilege('utcp_operator', 'utcp.api_keys', 'DELETE'))::int;
+SELECT 1 / count(*)::int FROM pg_trigger WHERE tgname = 'api_keys_revoke_once';

@@ -8,6 +8,7 @@ import uuid
 
 import httpx
 import msgspec
+import psycopg
 import pytest
 
 from eventstore import EventStore, Settings
@@ -95,3 +96,19 @@ def test_status_mapping(exc: BaseException, status: int, retry: bool) -> None:
         assert "req123" in answer.message and "secret detail" not in answer.message
     if isinstance(exc, AppendOutcomeUnknown | TimeoutError):
         assert "Repeating the same call is safe" in answer.message
+
+
+def test_a_revocation_is_for_good(service_db: str) -> None:
+    with (
+        login_role(service_db, "utcp_operator") as operator,
+        EventStore.open(operator, Settings(pool_min_size=1, pool_max_size=1)) as store,
+    ):
+        name = f"once-{uuid.uuid4().hex[:8]}"
+        add_key(store, name, "admin")
+        revoke_key(store, name)
+        with psycopg.connect(operator, autocommit=True) as conn:
+            for change in ("revoked_at = NULL", "revoked_at = now() + interval '1 year'"):
+                with pytest.raises(psycopg.errors.InsufficientPrivilege, match="only be revoked"):
+                    conn.execute(f"UPDATE utcp.api_keys SET {change} WHERE name = %s", (name,))
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                conn.execute("DELETE FROM utcp.api_keys WHERE name = %s", (name,))
