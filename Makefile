@@ -23,7 +23,7 @@ export EVENTSTORE_LOCAL_PG := $(LOCAL_PG)
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: help bootstrap demo test drill stop lint typecheck unit bench clean
+.PHONY: help bootstrap demo test drill stop lint typecheck unit bench bench-http clean
 
 help:
 	@echo "make bootstrap   set up .venv, sqitch and psql; check PostgreSQL"
@@ -34,6 +34,7 @@ help:
 	@echo "make lint        ruff check and ruff format --check"
 	@echo "make typecheck   mypy --strict"
 	@echo "make bench       append benchmark"
+	@echo "make bench-http  tool calls over HTTP against the library (1 and 16 clients)"
 	@echo "make clean       remove .venv and caches"
 
 bootstrap:
@@ -67,6 +68,10 @@ typecheck: bootstrap
 
 bench: bootstrap
 	$(BIN)/python -m bench.append_bench
+
+# Its own database (utcp_http_bench, dropped and re-created); see bench/README.md.
+bench-http: bootstrap
+	$(BIN)/python -m bench.http_bench
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis
