@@ -91,6 +91,9 @@ DSN_ENV: Final = "EVENTSTORE_DSN"
 DEFAULT_DSN: Final = "postgresql://root@127.0.0.1:5432/utcp"
 DEFAULT_SESSION: Final = "demo"
 DEFAULT_STANDBY_TIMEOUT: Final = 10.0
+#: How long the demo waits for older transactions (other sessions') to end
+#: before it projects and anchors what it recorded.
+HORIZON_WAIT: Final = 60.0
 
 #: The trading week the demo records: Monday to Friday, New York time (EST).
 TRADING_DAYS: Final = tuple(dt.date(2025, 11, 17) + dt.timedelta(days=d) for d in range(5))
@@ -753,6 +756,39 @@ def serving(store: EventStore, dsn: str, err: TextIO) -> Iterator[ToolClient]:
                 revoke_key(store, name)
 
 
+def settle(store: EventStore, err: TextIO, timeout: float = HORIZON_WAIT) -> None:
+    """Wait until every event recorded is behind the readers' horizon, so
+    that the projection and the anchor cover the whole session: on a shared
+    server another session's open transaction (any database) holds the
+    horizon back (DESIGN.md §4, "Stalls"). Bounded: after ``timeout`` the
+    demo goes on, and says so."""
+    deadline = time.monotonic() + timeout
+    said = False
+    while True:
+        status = store.status()
+        if status.events_behind_horizon == 0:
+            return
+        if not said:
+            print(
+                f"waiting for an older transaction to end: {status.events_behind_horizon:,} "
+                f"events behind the readers' horizon (backend pid "
+                f"{status.oldest_transaction_pid}, role {status.oldest_transaction_role}, "
+                f"application {status.oldest_transaction_application!r})",
+                file=err,
+                flush=True,
+            )
+            said = True
+        if time.monotonic() > deadline:
+            print(
+                f"still {status.events_behind_horizon:,} events behind the horizon after "
+                f"{timeout:g} s: the projection and the anchor will not cover them yet",
+                file=err,
+                flush=True,
+            )
+            return
+        time.sleep(0.1)
+
+
 # -- projecting -----------------------------------------------------------------
 
 
@@ -1019,6 +1055,7 @@ def run(
             "(storage.save_trade)",
             flush=True,
         )
+        settle(store, err)
 
         projected, projected_in = project(
             store, projector_dsn or dsn, standby_timeout=standby_timeout, err=err
