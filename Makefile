@@ -23,7 +23,7 @@ export EVENTSTORE_LOCAL_PG := $(LOCAL_PG)
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: help bootstrap demo test drill stop lint typecheck unit bench bench-quick clean
+.PHONY: help bootstrap demo test drill stop lint typecheck unit bench bench-quick bench-http clean
 
 help:
 	@echo "make bootstrap   set up .venv, sqitch and psql; check PostgreSQL"
@@ -35,6 +35,7 @@ help:
 	@echo "make typecheck   mypy --strict"
 	@echo "make bench       the benchmark: store vs raw psycopg vs eventsourcing (bench/README.md)"
 	@echo "make bench-quick the same, CI-sized (under 3 minutes)"
+	@echo "make bench-http  tool calls over HTTP against the library (1 and 16 clients)"
 	@echo "make clean       remove .venv and caches"
 
 bootstrap:
@@ -75,6 +76,10 @@ bench:
 bench-quick:
 	@EVENTSTORE_EXTRAS=dev,service,bench scripts/bootstrap.sh
 	$(BIN)/python -m bench.run --quick --dsn "$(EVENTSTORE_TEST_DSN)"
+
+# Its own database (utcp_http_bench, dropped and re-created); see bench/README.md.
+bench-http: bootstrap
+	$(BIN)/python -m bench.http_bench
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis

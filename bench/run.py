@@ -345,7 +345,7 @@ class Bench:
             raise CountMismatch(f"rows: store {store_rows}, raw {raw_rows}, es {es_rows}")
         store = self.stores["store"]
         # read_all hands out only events older than every transaction still
-        # running in the cluster (DESIGN.md §4): another session's open
+        # running in the cluster (docs/design.md §4): another session's open
         # transaction holds the newest back. Wait until all are readable.
         deadline = time.perf_counter() + 300
         while (seen := sides.store_read_all(store, raw=True)) < store_rows:

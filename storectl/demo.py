@@ -37,6 +37,7 @@ superuser. The schema must be deployed first (``eventstore db deploy``;
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import logging
 import os
@@ -45,24 +46,27 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, Final, TextIO
 
+import msgspec
 import psycopg
 
 from eventstore import Anchor, ChainReport, EventStore
 from eventstore.errors import EventStoreError, StorageError, StorageUnavailable, ValidationError
-from eventstore.events import AppendResult
 from eventstore.settings import Settings, redact
 from projections import ProjectionError, ProjectionRunner
 from projections.models import Portfolio, Position
 from projections.queries import get_portfolio, get_positions
 from projections.rules import cash_effect
 from projections.sql import READ_CHECKPOINT
+from storectl.service import ServiceSettings, build_app, running
+from storectl.service.client import ToolClient
+from storectl.service.keys import add_key, revoke_key
 from trading import trading_registry
-from trading.adapter import StorageAdapter
+from trading.adapter import StorageAdapter, audit_stream
 from trading.events import (
     AuditEvent,
     CashDeposited,
@@ -87,6 +91,9 @@ DSN_ENV: Final = "EVENTSTORE_DSN"
 DEFAULT_DSN: Final = "postgresql://root@127.0.0.1:5432/utcp"
 DEFAULT_SESSION: Final = "demo"
 DEFAULT_STANDBY_TIMEOUT: Final = 10.0
+#: How long the demo waits for older transactions (other sessions') to end
+#: before it projects and anchors what it recorded.
+HORIZON_WAIT: Final = 60.0
 
 #: The trading week the demo records: Monday to Friday, New York time (EST).
 TRADING_DAYS: Final = tuple(dt.date(2025, 11, 17) + dt.timedelta(days=d) for d in range(5))
@@ -618,33 +625,168 @@ class Progress:
 # -- recording ------------------------------------------------------------------
 
 
-def _save(adapter: StorageAdapter, item: Record) -> AppendResult:
-    if isinstance(item, Trade):
-        return adapter.save_trade(item)
+#: Each record's tool: the service's name for what StorageAdapter does.
+_TOOLS: Final[dict[type[Any], tuple[str, str]]] = {
+    Trade: ("trading.record_trade", "trade"),
+    PortfolioOpened: ("trading.open_portfolio", "portfolio"),
+    CashDeposited: ("trading.deposit_cash", "deposit"),
+    CashWithdrawn: ("trading.withdraw_cash", "withdrawal"),
+    TradeCancelled: ("trading.cancel_trade", "cancel"),
+}
+
+
+class _Appended(msgspec.Struct):
+    duplicate: bool
+
+
+def _save(client: ToolClient, item: Record) -> bool:
+    """Record ``item`` through its tool; True when it was recorded before."""
     if isinstance(item, AuditEvent):
-        return adapter.save_audit_event(item)
-    if isinstance(item, PortfolioOpened):
-        return adapter.open_portfolio(item)
-    if isinstance(item, CashDeposited):
-        return adapter.deposit_cash(item)
-    if isinstance(item, CashWithdrawn):
-        return adapter.withdraw_cash(item)
-    return adapter.cancel_trade(item)
+        # as StorageAdapter.save_audit_event: stream audit-<symbol>, one key per event
+        body: dict[str, Any] = {
+            "stream": audit_stream(item.symbol),
+            "events": [{"type": item.type, "data": msgspec.to_builtins(item)}],
+            "idempotency_key": f"audit:{item.id}",
+        }
+        tool = "store.append"
+    else:
+        tool, field_name = _TOOLS[type(item)]
+        body = {field_name: msgspec.to_builtins(item)}
+    appended: _Appended = client.call(tool, body, _Appended)
+    return appended.duplicate
+
+
+def _setup_for(order: AuditEvent, signal: AuditEvent, decision: AuditEvent) -> dict[str, Any]:
+    """The trade setup the assistant saves before it places ``order``: entry
+    at the limit price, a 2 % stop, targets at 1.5 R and 2.5 R, the position
+    sized in lots, with the signal it came from (storage.save_trade's input)."""
+    details = order.details
+    instrument = INSTRUMENTS[order.symbol]
+    quantity = Decimal(str(details["quantity"]))
+    entry = Decimal(str(details["limit_price"]))
+    sign = 1 if details["side"] == "buy" else -1
+    risk_per_unit = (entry * Decimal("0.02")).quantize(CENT)
+    stop = entry - sign * risk_per_unit
+    targets = [entry + sign * risk_per_unit * r for r in (Decimal("1.5"), Decimal("2.5"))]
+    return {
+        "trade": {
+            "id": str(details["order_id"]),
+            "symbol": order.symbol,
+            "direction": "long" if sign > 0 else "short",
+            "entry": float(entry),
+            "stop": float(stop),
+            "targets": [float(t) for t in targets],
+            "eventId": signal.id,
+            "strategyId": signal.actor.removeprefix("strategy:"),
+            "notes": str(decision.details.get("reason", "")),
+            "createdAt": order.occurred_at.isoformat(),
+        },
+        "risk": {
+            "positionSize": int(quantity / instrument.lot),
+            "riskPerUnit": float(risk_per_unit),
+            "totalRisk": float((risk_per_unit * quantity).quantize(CENT)),
+            "rMultiple": 1.5,
+        },
+        "event": {
+            "id": signal.id,
+            "symbol": signal.symbol,
+            "type": signal.type,
+            "time": signal.occurred_at.isoformat(),
+            "payload": msgspec.to_builtins(signal.details),
+        },
+    }
 
 
 def record(
-    adapter: StorageAdapter, session: Session, progress: Callable[[int], None] | None = None
-) -> tuple[int, int]:
-    """Save every record, in order; (new, already recorded)."""
-    new = duplicates = 0
+    client: ToolClient, session: Session, progress: Callable[[int], None] | None = None
+) -> tuple[int, int, int]:
+    """Save every record, in order, through the service's tools, and a trade
+    setup (storage.save_trade, with its risk and signal event) before each
+    order; (new, already recorded, setups saved)."""
+    new = duplicates = setups = 0
+    seen: dict[str, AuditEvent] = {}  # this decision's signal and decision
     for item in session.records:
-        if _save(adapter, item).duplicate:
+        if isinstance(item, AuditEvent):
+            seen[item.type] = item
+            if item.type == "OrderPlaced":
+                signal, decision = seen["SignalGenerated"], seen["DecisionMade"]
+                client.call("storage.save_trade", _setup_for(item, signal, decision))
+                setups += 1
+        if _save(client, item):
             duplicates += 1
         else:
             new += 1
         if progress is not None:
             progress(1)
-    return new, duplicates
+    return new, duplicates, setups
+
+
+@contextlib.contextmanager
+def serving(store: EventStore, dsn: str, err: TextIO) -> Iterator[ToolClient]:
+    """The store's service on a loopback port for the run, and a client of
+    it with a writer key made for the run (revoked at the end). A role that
+    may not make keys (not in utcp_operator) gets a keyless service, which
+    binds only to loopback."""
+    name = f"demo-{uuid.uuid4().hex[:12]}"
+    secret: str | None
+    try:
+        secret = add_key(dsn, name, "writer")[1]
+    except StorageError as exc:
+        if exc.sqlstate != "42501":
+            raise
+        secret = None
+    settings = ServiceSettings(
+        dsn=dsn,
+        host="127.0.0.1",
+        port=0,
+        no_auth=secret is None,
+        key_cache_seconds=300,
+        threads=2,
+        shutdown_grace=5,
+    )
+    try:
+        with running(build_app(settings, store=store), settings) as url:
+            auth = f"key {name!r}" if secret else "no key: this role may not make keys"
+            print(f"service: {url}/tools ({auth})", file=err, flush=True)
+            with ToolClient(url, secret) as client:
+                yield client
+    finally:
+        if secret is not None:
+            with contextlib.suppress(EventStoreError):
+                revoke_key(dsn, name)
+
+
+def settle(store: EventStore, err: TextIO, timeout: float = HORIZON_WAIT) -> None:
+    """Wait until every event recorded is behind the readers' horizon, so
+    that the projection and the anchor cover the whole session: on a shared
+    server another session's open transaction (any database) holds the
+    horizon back (docs/design.md §4, "Stalls"). Bounded: after ``timeout`` the
+    demo goes on, and says so."""
+    deadline = time.monotonic() + timeout
+    said = False
+    while True:
+        status = store.status()
+        if status.events_behind_horizon == 0:
+            return
+        if not said:
+            print(
+                f"waiting for an older transaction to end: {status.events_behind_horizon:,} "
+                f"events behind the readers' horizon (backend pid "
+                f"{status.oldest_transaction_pid}, role {status.oldest_transaction_role}, "
+                f"application {status.oldest_transaction_application!r})",
+                file=err,
+                flush=True,
+            )
+            said = True
+        if time.monotonic() > deadline:
+            print(
+                f"still {status.events_behind_horizon:,} events behind the horizon after "
+                f"{timeout:g} s: the projection and the anchor will not cover them yet",
+                file=err,
+                flush=True,
+            )
+            return
+        time.sleep(0.1)
 
 
 # -- projecting -----------------------------------------------------------------
@@ -896,7 +1038,7 @@ def run(
     err = err if err is not None else sys.stderr
     session = generate_session(session_id)
     counts = ", ".join(f"{n:,} {what}" for what, n in session.counts().items())
-    with _open(dsn) as store:
+    with _open(dsn) as store, serving(store, dsn, err) as client:
         adapter = StorageAdapter(store)
         print(
             f"session {session_id!r}: trading week {TRADING_DAYS[0]} to {TRADING_DAYS[-1]} "
@@ -905,8 +1047,15 @@ def run(
             flush=True,
         )
         recording = Progress("recording", len(session.records), err)
-        new, duplicates = record(adapter, session, recording.advance)
+        new, duplicates, setups = record(client, session, recording.advance)
         recorded_in = recording.finish()
+        print(
+            f"recorded through the service's tools over HTTP (POST /tools), with "
+            f"{setups:,} trade setups saved with their risk and signal events "
+            "(storage.save_trade)",
+            flush=True,
+        )
+        settle(store, err)
 
         projected, projected_in = project(
             store, projector_dsn or dsn, standby_timeout=standby_timeout, err=err

@@ -42,6 +42,7 @@ from storectl.demo import (
     format_quantity,
     generate_session,
 )
+from storectl.service.keys import list_keys
 from tests.support.database import (
     admin_dsn,
     deployed_database,
@@ -61,6 +62,7 @@ from trading.events import (
     Trade,
     TradeCancelled,
 )
+from trading.setups import SetupStore
 
 #: Bounds on how long a broken run can hang (not timing assertions).
 RUN_TIMEOUT = 300.0
@@ -334,6 +336,21 @@ def test_demo_records_projects_and_shows_correct_portfolios(
     assert (new, already) == (total, 0)
     log_size = demo_store.status().events
     assert projected >= total and verified == anchored == log_size
+
+    # Recorded through the service's tools over HTTP, with a key made for the
+    # run (revoked after it), and a trade setup with its risk and signal
+    # before each order.
+    assert re.search(r"^service: http://127\.0\.0\.1:\d+/tools \(key 'demo-", first.stderr, re.M)
+    demo_keys = [k for k in list_keys(demo_store) if k.name.startswith("demo-")]
+    assert demo_keys and all(k.revoked_at is not None for k in demo_keys)
+    orders = [e for e in generated.audit_events if e.type == "OrderPlaced"]
+    assert f"with {len(orders):,} trade setups saved" in first.stdout
+    setups = SetupStore(demo_store)
+    for order in orders[:3] + orders[-3:]:
+        view = setups.get_setup(order.details["order_id"])
+        assert view is not None and view.risk is not None and view.event is not None
+        assert view.trade.symbol == order.symbol and view.event.type == "SignalGenerated"
+        assert view.risk.position_size > 0 and view.trade.event_id == view.event.id
 
     # The projection as the demo left it equals a recomputation from each
     # portfolio's own stream, exactly; and the stream holds what was generated.
