@@ -11,7 +11,7 @@ import uuid
 import msgspec
 
 from eventstore import EventStore, NewEvent, StorageError, ValidationError
-from trading.events import ProjectionEventSkipped
+from trading import ProjectionEventSkipped
 
 from . import sql
 from .runner import skip_stream

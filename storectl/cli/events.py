@@ -190,7 +190,7 @@ def _read(args: argparse.Namespace) -> int:
 
 def _unseen_types(store: EventStore, types: Sequence[str] | None) -> list[str]:
     """The types among ``types`` of which the log holds no event."""
-    return [t for t in dict.fromkeys(types or ()) if not store.find_events(type=t, limit=1)]
+    return [t for t in dict.fromkeys(types or ()) if not store.find_events(type=t, limit=1).items]
 
 
 def _beyond_head(store: EventStore, error: CheckpointNotInLog) -> EventStoreError:
@@ -203,10 +203,8 @@ def _beyond_head(store: EventStore, error: CheckpointNotInLog) -> EventStoreErro
         return error
     newest = "no event is readable" if head is None else f"the newest readable event is at {head}"
     return CheckpointNotInLog(
-        f"checkpoint {error.checkpoint} is beyond the head of this log ({newest}): no event "
-        "here has it. It is another database's, or this log was restored to a point before "
-        "it (docs/runbook.md, 'Restores'); start again without --after, or from a checkpoint "
-        "this log printed",
+        f"{error.message}. It is beyond the head of this log ({newest}): it may be another "
+        "database's",
         checkpoint=error.checkpoint,
         operation="tail",
     )

@@ -74,6 +74,7 @@ def add_parser(subparsers: Any) -> None:
         help="on SIGTERM, seconds in-flight calls get to finish",
     )
     add_dsn(serve)
+    add_json(serve)  # its access log is JSON lines whatever this says
     serve.set_defaults(handler=run)
 
     keys = subparsers.add_parser("keys", help="API keys of `serve` (as an operator)")
@@ -82,11 +83,11 @@ def add_parser(subparsers: Any) -> None:
     add.add_argument("name", metavar="NAME")
     add.add_argument("--role", choices=ROLES, required=True)
     listing = actions.add_parser("list", help="every key: name, role, created, revoked")
-    add_json(listing)
     revoke = actions.add_parser("revoke", help="revoke a key for good")
     revoke.add_argument("name", metavar="NAME")
     for sub in (add, listing, revoke):
         add_dsn(sub)
+        add_json(sub)
         sub.set_defaults(handler=run_keys)
 
 
@@ -155,6 +156,10 @@ def run_keys(args: argparse.Namespace) -> int:
     with EventStore.open(dsn(args), cli_settings()) as store:
         if args.keys_command == "add":
             key, secret = add_key(dsn(args), args.name, args.role)
+            if args.json:
+                record = msgspec.to_builtins(key)
+                print(msgspec.json.encode({**record, "key": secret}).decode())
+                return 0
             print(secret)
             print(
                 f"key {key.name!r} ({key.role}) added: the line above is its secret, shown only "
@@ -176,5 +181,8 @@ def run_keys(args: argparse.Namespace) -> int:
                     )
         else:
             key = revoke_key(dsn(args), args.name)
-            print(f"key {key.name!r} revoked", file=sys.stderr)
+            if args.json:
+                print(msgspec.json.encode(key).decode())
+            else:
+                print(f"key {key.name!r} revoked", file=sys.stderr)
     return 0

@@ -611,7 +611,8 @@ def test_tail_after_a_checkpoint_beyond_the_head_exits_1(database_dsn: str, stre
         proc = es(database_dsn, "tail", "--after", beyond, *extra)
         line = assert_one_error_line(
             proc,
-            f"checkpoint {beyond} is beyond the head of this log",
+            f"checkpoint {beyond} names no event in this log",
+            "It is beyond the head of this log",
             "the newest readable event is at",
         )
         # (Readable: on a shared server another session's transaction may

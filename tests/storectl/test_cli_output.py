@@ -139,6 +139,8 @@ def test_every_command_takes_json_and_dsn_before_or_after() -> None:
         "append": ["s", "T", "--data", "{}"],
         "read": ["s"],
         "project skip": ["00000000-0000-0000-0000-000000000000", "--reason", "r"],
+        "keys add": ["k", "--role", "reader"],
+        "keys revoke": ["k"],
     }
     for path in leaves:
         extra = needed.get(" ".join(path), [])
