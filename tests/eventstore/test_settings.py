@@ -200,6 +200,8 @@ DOCS = Path(__file__).resolve().parents[2] / "docs" / "settings.md"
 def non_default(name: str) -> tuple[str, Any]:
     """A valid value other than the default, as text and as the setting."""
     default = getattr(Settings(), name)
+    if isinstance(default, bool):
+        return ("false", False) if default else ("true", True)
     if isinstance(default, str):
         return "other", "other"
     if name == "pool_max_size":
