@@ -4,8 +4,10 @@ sqitch change ``service_keys``), printed once.
 A key is ``esk_`` and 43 characters of URL-safe base64 (256 random bits);
 the table keeps its SHA-256 (a fast hash is enough: the secret cannot be
 guessed, and it is never stored). Operators manage keys (``eventstore keys
-add|list|revoke``, as a member of utcp_operator); the service only reads the
-hashes. A revoked key keeps its row (and its name) for good.
+add|list|revoke``, as a member of utcp_operator); the service reads the
+hashes with its own role, and writes keys (the admin tools ``keys.add`` and
+``keys.revoke``) only through the operator DSN it may be given
+(``--keys-dsn``). A revoked key keeps its row (and its name) for good.
 """
 
 from __future__ import annotations
@@ -160,3 +162,11 @@ class KeyCache:
                     self._seen.clear()
                 self._seen[digest] = (now, found)
         return found
+
+    def forget(self, name: str) -> None:
+        """Drop what is remembered of key ``name`` (just revoked here): other
+        services' caches still trust it for at most ``ttl`` seconds."""
+        with self._lock:
+            for digest, (_, found) in list(self._seen.items()):
+                if found is not None and found[0] == name:
+                    del self._seen[digest]
