@@ -18,6 +18,7 @@ import re
 import secrets
 import threading
 import time
+from collections.abc import Callable
 from typing import Any, Final, Literal
 
 import msgspec
@@ -138,8 +139,9 @@ def _write(dsn: str, operation: str, query: Any, params: tuple[Any, ...]) -> lis
 class KeyCache:
     """Looks keys up by hash, remembering answers for ``ttl`` seconds."""
 
-    def __init__(self, ttl: float) -> None:
+    def __init__(self, ttl: float, clock: Callable[[], float] = time.monotonic) -> None:
         self.ttl = ttl
+        self._clock = clock
         self._lock = threading.Lock()
         self._seen: dict[bytes, tuple[float, tuple[str, str] | None]] = {}
 
@@ -148,7 +150,7 @@ class KeyCache:
         if not looks_like_key(key):
             return None
         digest = hash_key(key)
-        now = time.monotonic()
+        now = self._clock()  # before the query: an answer is never trusted past ttl
         if self.ttl > 0:
             with self._lock:
                 hit = self._seen.get(digest)

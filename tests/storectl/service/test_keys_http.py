@@ -8,16 +8,17 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, cast
 
 import httpx
 import msgspec
 import pytest
 
+from eventstore.store import EventStore
 from storectl.cli import build_parser
 from storectl.service import ServiceSettings, build_app
 from storectl.service.command import KEYS_DSN_ENV, settings_from
-from storectl.service.keys import hash_key
+from storectl.service.keys import KeyCache, hash_key
 from storectl.service.server import running
 from storectl.service.tools import NO_KEYS_DSN
 
@@ -191,3 +192,44 @@ def test_serve_takes_the_keys_dsn_from_its_flag_or_the_environment(
     assert settings_from(parser.parse_args(base)).keys_dsn == "postgresql://op@db/utcp"
     flagged = parser.parse_args([*base, "--keys-dsn", "postgresql://other@db/utcp"])
     assert settings_from(flagged).keys_dsn == "postgresql://other@db/utcp"
+
+
+class _Keys:
+    """A stand-in for the store's key lookup: the rows it answers, counted."""
+
+    def __init__(self) -> None:
+        self.rows: list[tuple[str, str]] = [("k", "reader")]
+        self.queries = 0
+
+    def query(self, operation: str, sql: object, params: tuple[object, ...]) -> list[Any]:
+        self.queries += 1
+        return list(self.rows)
+
+
+def test_the_key_cache_trusts_an_answer_for_its_ttl_at_most() -> None:
+    now = [100.0]
+    cache = KeyCache(5.0, clock=lambda: now[0])
+    db = _Keys()
+    store = cast(EventStore, db)
+    key = "esk_" + "A" * 43
+    assert cache.lookup(store, key) == ("k", "reader")
+    db.rows = []  # revoked in the database
+    now[0] = 104.9
+    assert cache.lookup(store, key) == ("k", "reader")  # within the TTL: remembered
+    assert db.queries == 1
+    now[0] = 105.0
+    assert cache.lookup(store, key) is None  # the TTL is over: looked up again, refused
+    assert db.queries == 2
+    # forget(): a key revoked through this service is refused at once
+    db.rows = [("k", "reader")]
+    now[0] = 200.0
+    assert cache.lookup(store, key) == ("k", "reader")
+    cache.forget("k")
+    db.rows = []
+    assert cache.lookup(store, key) is None
+    # with ttl 0 every call is looked up
+    fresh = KeyCache(0.0, clock=lambda: now[0])
+    queries = db.queries
+    for _ in range(3):
+        fresh.lookup(store, key)
+    assert db.queries == queries + 3
