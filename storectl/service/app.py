@@ -143,7 +143,9 @@ class Service:
                     self._failed = (time.monotonic(), exc)
                     raise
             self._failed = None
-            self._context = ToolContext(self._store)
+            self._context = ToolContext(
+                self._store, keys_dsn=self.settings.keys_dsn, key_cache=self.keys
+            )
             return self._context
         finally:
             self._lock.release()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import ssl
 import sys
@@ -22,7 +23,9 @@ from .keys import ROLES, add_key, list_keys, revoke_key
 from .server import uvicorn_config
 from .settings import ServiceSettings
 
-__all__ = ["add_parser", "run", "run_keys"]
+__all__ = ["KEYS_DSN_ENV", "add_parser", "run", "run_keys"]
+
+KEYS_DSN_ENV = "EVENTSTORE_KEYS_DSN"
 
 
 def add_parser(subparsers: Any) -> None:
@@ -73,6 +76,13 @@ def add_parser(subparsers: Any) -> None:
         metavar="S",
         help="on SIGTERM, seconds in-flight calls get to finish",
     )
+    serve.add_argument(
+        "--keys-dsn",
+        metavar="DSN",
+        default=None,
+        help="a member of utcp_operator, only for the admin tools keys.add and keys.revoke "
+        f"(default: ${KEYS_DSN_ENV}; none: they answer 503, use `eventstore keys`)",
+    )
     add_dsn(serve)
     add_json(serve)  # its access log is JSON lines whatever this says
     serve.set_defaults(handler=run)
@@ -94,6 +104,7 @@ def add_parser(subparsers: Any) -> None:
 def settings_from(args: argparse.Namespace) -> ServiceSettings:
     return ServiceSettings(
         dsn=dsn(args),
+        keys_dsn=args.keys_dsn or os.environ.get(KEYS_DSN_ENV) or None,
         host=args.host,
         port=args.port,
         public_url=args.public_url,

@@ -50,7 +50,9 @@ def one_line(text: str) -> str:
 def answer_for(exc: BaseException, tool: str, request_id: str) -> Answer:
     """What the client is told about ``exc`` (raised by ``tool``)."""
     if isinstance(exc, ToolError):
-        outcome = {404: "not_found", 409: "conflict"}.get(exc.status, "validation")
+        outcome = {404: "not_found", 409: "conflict", 503: "unavailable"}.get(
+            exc.status, "validation"
+        )
         return Answer(exc.status, one_line(exc.message), outcome)
     if isinstance(exc, msgspec.ValidationError | msgspec.DecodeError):
         return Answer(400, one_line(f"{tool}: invalid input: {exc}"), "validation")

@@ -4,8 +4,10 @@ sqitch change ``service_keys``), printed once.
 A key is ``esk_`` and 43 characters of URL-safe base64 (256 random bits);
 the table keeps its SHA-256 (a fast hash is enough: the secret cannot be
 guessed, and it is never stored). Operators manage keys (``eventstore keys
-add|list|revoke``, as a member of utcp_operator); the service only reads the
-hashes. A revoked key keeps its row (and its name) for good.
+add|list|revoke``, as a member of utcp_operator); the service reads the
+hashes with its own role, and writes keys (the admin tools ``keys.add`` and
+``keys.revoke``) only through the operator DSN it may be given
+(``--keys-dsn``). A revoked key keeps its row (and its name) for good.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import re
 import secrets
 import threading
 import time
+from collections.abc import Callable
 from typing import Any, Final, Literal
 
 import msgspec
@@ -136,8 +139,9 @@ def _write(dsn: str, operation: str, query: Any, params: tuple[Any, ...]) -> lis
 class KeyCache:
     """Looks keys up by hash, remembering answers for ``ttl`` seconds."""
 
-    def __init__(self, ttl: float) -> None:
+    def __init__(self, ttl: float, clock: Callable[[], float] = time.monotonic) -> None:
         self.ttl = ttl
+        self._clock = clock
         self._lock = threading.Lock()
         self._seen: dict[bytes, tuple[float, tuple[str, str] | None]] = {}
 
@@ -146,7 +150,7 @@ class KeyCache:
         if not looks_like_key(key):
             return None
         digest = hash_key(key)
-        now = time.monotonic()
+        now = self._clock()  # before the query: an answer is never trusted past ttl
         if self.ttl > 0:
             with self._lock:
                 hit = self._seen.get(digest)
@@ -160,3 +164,11 @@ class KeyCache:
                     self._seen.clear()
                 self._seen[digest] = (now, found)
         return found
+
+    def forget(self, name: str) -> None:
+        """Drop what is remembered of key ``name`` (just revoked here): other
+        services' caches still trust it for at most ``ttl`` seconds."""
+        with self._lock:
+            for digest, (_, found) in list(self._seen.items()):
+                if found is not None and found[0] == name:
+                    del self._seen[digest]

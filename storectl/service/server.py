@@ -4,6 +4,7 @@ thread on a free loopback port (tests, benchmarks, the demo)."""
 from __future__ import annotations
 
 import contextlib
+import logging
 import threading
 import time
 from collections.abc import Iterator
@@ -23,7 +24,11 @@ def uvicorn_config(
 ) -> uvicorn.Config:
     """uvicorn's configuration: TLS when set, no access log of its own (the
     service logs each call as JSON, keys redacted), in-flight calls given
-    ``shutdown_grace`` seconds on SIGTERM."""
+    ``shutdown_grace`` seconds on SIGTERM. uvicorn's access logger is also
+    disabled: its lines hold raw paths (``/k/KEY/tools``), and uvicorn writes
+    them whenever any handler is attached to that logger (a logging
+    configuration of the embedding program, pytest's capture)."""
+    logging.getLogger("uvicorn.access").disabled = True
     return uvicorn.Config(
         app,
         host=settings.host,

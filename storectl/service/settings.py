@@ -28,6 +28,10 @@ class ServiceSettings(msgspec.Struct, frozen=True, kw_only=True):
     #: The store's DSN: a login role that is a member of utcp_writer (it
     #: appends, reads the log and the read models, and the key hashes).
     dsn: str
+    #: A second DSN, a member of utcp_operator, for the admin tools keys.add
+    #: and keys.revoke (None: they answer 503; keys are managed with
+    #: ``eventstore keys``). Never used for anything else.
+    keys_dsn: str | None = None
     host: str = "127.0.0.1"
     port: int = 8080
     #: The base URL clients reach the service at, for the manual's absolute

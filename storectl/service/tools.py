@@ -38,7 +38,7 @@ from trading.setups import (
 )
 
 from .errors import ToolError
-from .keys import Role
+from .keys import ApiKey, KeyCache, Role, add_key, list_keys, revoke_key
 
 __all__ = ["TOOLS", "Empty", "Saved", "Tool", "ToolContext"]
 
@@ -54,10 +54,20 @@ ReadLimit = Annotated[int, msgspec.Meta(ge=1, le=MAX_READ)]
 class ToolContext:
     """What handlers work with: the store and the libraries on top of it."""
 
-    def __init__(self, store: EventStore) -> None:
+    def __init__(
+        self,
+        store: EventStore,
+        *,
+        keys_dsn: str | None = None,
+        key_cache: KeyCache | None = None,
+    ) -> None:
         self.store = store
         self.setups = SetupStore(store)
         self.adapter = StorageAdapter(store)
+        #: A member of utcp_operator: the keys tools write through it (None:
+        #: they answer 503; the service's own role may not write keys).
+        self.keys_dsn = keys_dsn
+        self.key_cache = key_cache
 
 
 class Tool(msgspec.Struct, frozen=True):
@@ -452,6 +462,63 @@ def verify(ctx: ToolContext, body: VerifyInput) -> VerifyOutput:
     return VerifyOutput(report.ok, report)
 
 
+# -- API keys (admin; written through the operator's DSN, --keys-dsn) ------------------
+
+NO_KEYS_DSN: Final = (
+    "key management over HTTP needs the service to be started with --keys-dsn "
+    "(a member of utcp_operator); or use `eventstore keys`"
+)
+
+
+class KeysAddInput(msgspec.Struct, kw_only=True):
+    #: 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit.
+    name: str
+    role: Role
+
+
+class KeyAdded(msgspec.Struct, kw_only=True):
+    name: str
+    role: str
+    created_at: dt.datetime
+    #: The key's secret: shown in this reply only, never again (only its hash is kept).
+    key: str
+
+
+class KeysListInput(msgspec.Struct, kw_only=True):
+    """No input."""
+
+
+class KeysListOutput(msgspec.Struct):
+    #: Every key (active and revoked): names and roles, never secrets or hashes.
+    keys: list[ApiKey]
+
+
+class KeysRevokeInput(msgspec.Struct, kw_only=True):
+    name: str
+
+
+def _keys_dsn(ctx: ToolContext, tool: str) -> str:
+    if ctx.keys_dsn is None:
+        raise ToolError(503, f"{tool}: {NO_KEYS_DSN}")
+    return ctx.keys_dsn
+
+
+def keys_add(ctx: ToolContext, body: KeysAddInput) -> KeyAdded:
+    key, secret = add_key(_keys_dsn(ctx, "keys.add"), body.name, body.role)
+    return KeyAdded(name=key.name, role=key.role, created_at=key.created_at, key=secret)
+
+
+def keys_list(ctx: ToolContext, body: KeysListInput) -> KeysListOutput:
+    return KeysListOutput(list_keys(ctx.store))
+
+
+def keys_revoke(ctx: ToolContext, body: KeysRevokeInput) -> ApiKey:
+    revoked = revoke_key(_keys_dsn(ctx, "keys.revoke"), body.name)
+    if ctx.key_cache is not None:
+        ctx.key_cache.forget(revoked.name)  # refused from the next call on, not after the TTL
+    return revoked
+
+
 TOOLS: Final[dict[str, Tool]] = {
     tool.name: tool
     for tool in (
@@ -643,6 +710,37 @@ TOOLS: Final[dict[str, Tool]] = {
             VerifyInput,
             VerifyOutput,
             verify,
+        ),
+        Tool(
+            "keys.add",
+            "Make a new API key with a role (reader, writer or admin). The reply holds its "
+            "secret, shown this once and never again. Admin only; needs the service's "
+            "--keys-dsn (503 without).",
+            ("keys", "admin", "write"),
+            "admin",
+            KeysAddInput,
+            KeyAdded,
+            keys_add,
+        ),
+        Tool(
+            "keys.list",
+            "Every API key: name, role, when made and when revoked (never a secret or hash). "
+            "Admin only.",
+            ("keys", "admin", "read"),
+            "admin",
+            KeysListInput,
+            KeysListOutput,
+            keys_list,
+        ),
+        Tool(
+            "keys.revoke",
+            "Revoke an API key by name, for good: it is refused from the next call on, and "
+            "its name stays taken. Admin only; needs the service's --keys-dsn (503 without).",
+            ("keys", "admin", "write"),
+            "admin",
+            KeysRevokeInput,
+            ApiKey,
+            keys_revoke,
         ),
     )
 }

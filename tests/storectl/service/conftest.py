@@ -28,22 +28,31 @@ def service_dsn(service_db: str) -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
-def keys(service_db: str) -> Iterator[dict[str, str]]:
-    """Secrets of a reader, writer and admin key, and of a revoked one,
-    made as an operator would."""
-    with login_role(service_db, "utcp_operator") as operator:
-        made = {
-            role: add_key(operator, f"test-{role}", role)[1]
-            for role in ("reader", "writer", "admin")
-        }
-        made["revoked"] = add_key(operator, "test-revoked", "writer")[1]
-        revoke_key(operator, "test-revoked")
-        yield made
+def operator_dsn(service_db: str) -> Iterator[str]:
+    """An operator's login role (a member of utcp_operator): makes keys, and
+    is the service's --keys-dsn."""
+    with login_role(service_db, "utcp_operator") as dsn:
+        yield dsn
 
 
 @pytest.fixture(scope="session")
-def service_settings(service_dsn: str) -> ServiceSettings:
-    return ServiceSettings(dsn=service_dsn, key_cache_seconds=0, max_body_bytes=64 * 1024)
+def keys(operator_dsn: str) -> dict[str, str]:
+    """Secrets of a reader, writer and admin key, and of a revoked one,
+    made as an operator would."""
+    made = {
+        role: add_key(operator_dsn, f"test-{role}", role)[1]
+        for role in ("reader", "writer", "admin")
+    }
+    made["revoked"] = add_key(operator_dsn, "test-revoked", "writer")[1]
+    revoke_key(operator_dsn, "test-revoked")
+    return made
+
+
+@pytest.fixture(scope="session")
+def service_settings(service_dsn: str, operator_dsn: str) -> ServiceSettings:
+    return ServiceSettings(
+        dsn=service_dsn, keys_dsn=operator_dsn, key_cache_seconds=0, max_body_bytes=64 * 1024
+    )
 
 
 @pytest.fixture(scope="session")

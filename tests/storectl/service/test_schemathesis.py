@@ -36,7 +36,14 @@ def api_schema(base_url: str, keys: dict[str, str]) -> BaseSchema:
     return from_url(f"{base_url}/openapi.json", headers={"X-Api-Key": keys["admin"]}, timeout=30)
 
 
-@pytest.mark.parametrize("tool", list(TOOLS))
+#: keys.revoke is left out: with the session's admin key it could revoke a key
+#: other tests rely on (test-admin, test-writer…); its schema, 400s and 403s
+#: are tested in test_keys_http.py and the auth matrix. keys.add and keys.list
+#: cannot harm those keys (a generated name that exists is a 400).
+FUZZED = [name for name in TOOLS if name != "keys.revoke"]
+
+
+@pytest.mark.parametrize("tool", FUZZED)
 def test_every_tool_conforms_to_its_schema(
     api_schema: BaseSchema, keys: dict[str, str], tool: str
 ) -> None:

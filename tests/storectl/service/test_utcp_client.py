@@ -89,6 +89,7 @@ def every_tool_call(pid: str) -> list[tuple[str, dict[str, Any], str]]:
     }
     t0 = "2026-12-01T09:00:00Z"
     trade_id = uid("t")
+    key_name = uid("utcp-key")
     return [
         ("storage.save_event", {"event": signal}, "ok"),
         ("storage.save_event", {"event": {**signal, "payload": {"score": 0.1}}}, "409"),
@@ -191,6 +192,11 @@ def every_tool_call(pid: str) -> list[tuple[str, dict[str, Any], str]]:
         ("trading.positions_as_of", {"portfolio_id": pid, "as_of": "yesterday"}, "400"),
         ("audit.query", {"symbol": symbol}, "ok"),
         ("store.verify", {}, "ok"),
+        ("keys.add", {"name": key_name, "role": "reader"}, "ok"),
+        ("keys.add", {"name": key_name, "role": "reader"}, "400"),
+        ("keys.list", {}, "ok"),
+        ("keys.revoke", {"name": key_name}, "ok"),
+        ("keys.revoke", {"name": key_name}, "400"),
     ]
 
 
@@ -233,6 +239,12 @@ def test_the_utcp_client_finds_and_calls_every_tool(base_url: str, keys: dict[st
     assert results["trading.positions_as_of ok"]["cash"] == "4900.0"
     assert results["store.verify ok"]["ok"] is True
     assert "as_of" in results["trading.positions_as_of 400"]
+    added = results["keys.add ok"]
+    assert added["key"].startswith("esk_") and added["role"] == "reader"
+    listed = {k["name"]: k for k in results["keys.list ok"]["keys"]}
+    assert listed[added["name"]]["revoked_at"] is None and "key" not in listed[added["name"]]
+    assert results["keys.revoke ok"]["revoked_at"] is not None
+    assert "already revoked" in results["keys.revoke 400"]
 
 
 def test_the_utcp_client_with_a_wrong_key_or_a_low_role(
