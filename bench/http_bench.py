@@ -145,7 +145,7 @@ def measure(dsn: str, calls: int) -> list[Result]:
     with EventStore.open(
         dsn, Settings.from_env(pool_min_size=1, pool_max_size=POOL), registry=registry
     ) as store:
-        key = add_key(store, f"bench-{uuid.uuid4().hex[:8]}", "writer")[1]
+        key = add_key(dsn, f"bench-{uuid.uuid4().hex[:8]}", "writer")[1]
         setups = SetupStore(store)
         signal = msgspec_event(event("seed", 0))
         setups.save_setup(

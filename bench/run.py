@@ -52,7 +52,6 @@ ADMIN_ENV: Final = "EVENTSTORE_TEST_DSN"
 THREADS: Final = 8
 BATCH: Final = 100
 ROOT: Final = Path(__file__).resolve().parent.parent
-SERVICE_NOTE: Final = "n/a (no service on this branch)"
 
 
 @dataclass(frozen=True)
@@ -797,12 +796,32 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, help="rounds per case")
     parser.add_argument("--keep", action="store_true", help="keep the benchmark's database")
     parser.add_argument(
-        "--only", help="comma-separated cases (append,read,rebuild,lag,size)", default=""
+        "--only", help="comma-separated cases (append,read,rebuild,lag,http,size)", default=""
     )
     parser.add_argument(
         "--json", type=Path, default=ROOT / "bench" / "results" / "latest.json", help="JSON output"
     )
     return parser.parse_args(argv)
+
+
+def http_case(dsn: str, calls: int) -> Case:
+    """Tool calls over loopback HTTP at 16 clients (bench/http_bench.py,
+    which also measures 1 client): calls/s, p50/p99, and the ratio to the
+    same work through the library in the same process."""
+    from bench import http_bench  # noqa: PLC0415 (the service extra)
+
+    results = http_bench.measure(dsn, calls)
+    by = {(r.case, r.clients, r.side): r for r in results}
+    parts = []
+    for (tool, clients, side), r in by.items():
+        if side != "http" or clients != 16:
+            continue
+        library = by[(tool, clients, "library")]
+        parts.append(
+            f"{tool} {r.rate:,.0f} calls/s (p50 {r.percentile(0.5):.1f} ms, "
+            f"p99 {r.percentile(0.99):.1f} ms, x library {r.rate / library.rate:.2f})"
+        )
+    return Case("http", "16 clients over loopback", 0, note="; ".join(parts))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -852,7 +871,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             if not only or "lag" in only:
                 print("catch-up lag...", flush=True)
                 cases.append(lag_case(dsn, sizes))
-            cases.append(Case("http", "16 clients over loopback", 0, note=SERVICE_NOTE))
+            if not only or "http" in only:
+                print("http...", flush=True)
+                cases.append(http_case(dsn, 100 if args.quick else 1000))
             if not only or "size" in only:
                 print("log size...", flush=True)
                 size_rows, plans = log_size_case(dsn, sizes)
