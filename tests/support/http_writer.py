@@ -57,7 +57,7 @@ from trading import trading_registry
 __all__ = ["HttpWriter", "http_writer"]
 
 TOOL: Final = "store.append"
-#: The library's own encoding of payloads: decimals as exact strings.
+#: Payloads as the library encodes them: decimals as exact strings.
 _encode = msgspec.json.Encoder(decimal_format="string").encode
 
 _SENTINELS: Final[dict[int, str]] = {
