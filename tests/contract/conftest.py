@@ -35,6 +35,7 @@ from eventstore import ANY, AppendResult, EventStore, NewEvent, Settings
 from eventstore.events import ExpectedVersion
 from tests.support.database import as_role, deployed_database
 from tests.support.faults import SLOW_TRIGGER
+from tests.support.http_writer import http_writer
 from trading import trading_registry
 
 #: Test-only: every inserted event sleeps a random 0-5 ms, so that
@@ -117,6 +118,8 @@ WRITERS: dict[str, WriterFactory] = {
     "direct": functools.partial(store_writer, group_commit=False),
     # concurrent appends of the process share one call, one transaction
     "group-commit": functools.partial(store_writer, group_commit=True),
+    # the service's store.append tool over loopback HTTP (service in-process)
+    "http": http_writer,
 }
 
 

@@ -33,8 +33,17 @@ def test_duplicate_ids_inside_one_batch_are_refused(
 
 
 def test_a_batch_with_one_invalid_event_writes_nothing(
-    writer: Writer, store: EventStore, stream: str, admin: psycopg.Connection[Any]
+    writer: Writer,
+    store: EventStore,
+    stream: str,
+    admin: psycopg.Connection[Any],
+    writer_kind: str,
 ) -> None:
+    if writer_kind == "http":
+        pytest.skip(
+            "not applicable over HTTP: NaN has no JSON form, so a client cannot send it "
+            "(an encoder writes null or refuses it before the service sees it)"
+        )
     writer.append(stream, [NewEvent("Opened", {})])
     key = new_key()
     before = counts(admin)

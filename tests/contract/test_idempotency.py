@@ -72,7 +72,11 @@ def test_same_key_same_request_returns_the_original_result(
 
 
 def test_keys_are_kept_with_what_they_wrote(
-    writer: Writer, store: EventStore, stream: str, admin: psycopg.Connection[Any]
+    writer: Writer,
+    store: EventStore,
+    stream: str,
+    admin: psycopg.Connection[Any],
+    writer_kind: str,
 ) -> None:
     writer.append(stream, [NewEvent("Opened", {})])
     key = new_key()
@@ -85,6 +89,11 @@ def test_keys_are_kept_with_what_they_wrote(
     assert first_event_id == store.read_stream(stream, from_version=2)[0].event_id
     assert isinstance(fingerprint, bytes) and len(fingerprint) == 32
     # no key, no row
+    if writer_kind == "http":
+        pytest.skip(
+            "not applicable over HTTP: store.append derives a key for a keyless call "
+            "(an identical repeat is recorded once), so a keyless call keeps a key row"
+        )
     before = counts(admin)
     writer.append(stream, [NewEvent("Unkeyed", {})])
     assert counts(admin) == (before[0] + 1, before[1])
@@ -162,8 +171,17 @@ def test_a_retry_is_a_duplicate_even_after_the_stream_moved(
 
 
 def test_caller_event_ids_reused_without_a_key_are_refused(
-    writer: Writer, store: EventStore, stream: str, admin: psycopg.Connection[Any]
+    writer: Writer,
+    store: EventStore,
+    stream: str,
+    admin: psycopg.Connection[Any],
+    writer_kind: str,
 ) -> None:
+    if writer_kind == "http":
+        pytest.skip(
+            "not applicable over HTTP: store.append derives a key from a keyless request, "
+            "so an identical keyless repeat (same event ids) is a duplicate, not refused"
+        )
     event_id = uuid.uuid4()
     writer.append(stream, [NewEvent("A", {"n": 1}, event_id=event_id)])
     before = counts(admin)
