@@ -218,7 +218,7 @@ def run(
 
 
 def eventstore(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    return run([sys.executable, "-m", "eventstore", *args], check=check)
+    return run([sys.executable, "-m", "storectl", *args], check=check)
 
 
 def free_port() -> int:
@@ -515,9 +515,7 @@ class Drill:
             print(f"   session 1: {len(s1)} events, head {out['s1_head']}")
             anchor = self.tmp / "anchor-session1.json"
             with open(anchor, "w") as f:
-                run(
-                    [sys.executable, "-m", "eventstore", "anchor", "--json", "--dsn", dsn], stdout=f
-                )
+                run([sys.executable, "-m", "storectl", "anchor", "--json", "--dsn", dsn], stdout=f)
             print(f"   anchor saved: {anchor.read_text().strip()[:100]}…")
             out["anchor"] = anchor
             eventstore("project", "catch-up", "--dsn", dsn)
@@ -813,7 +811,7 @@ class Drill:
             [
                 sys.executable,
                 "-m",
-                "eventstore",
+                "storectl",
                 "tail",
                 "--follow",
                 "--json",
