@@ -39,16 +39,14 @@ def test_a_batch_with_one_invalid_event_writes_nothing(
     admin: psycopg.Connection[Any],
     writer_kind: str,
 ) -> None:
-    if writer_kind == "http":
-        pytest.skip(
-            "not applicable over HTTP: NaN has no JSON form, so a client cannot send it "
-            "(an encoder writes null or refuses it before the service sees it)"
-        )
     writer.append(stream, [NewEvent("Opened", {})])
     key = new_key()
     before = counts(admin)
     batch = [NewEvent("Step", {"n": i}) for i in range(5)]
-    batch.insert(3, NewEvent("Step", {"n": math.nan}))
+    # NaN has no JSON form, so an HTTP client cannot send it: over HTTP the
+    # invalid value is one JSON can carry and the store refuses (a NUL).
+    bad: object = "a\x00b" if writer_kind == "http" else math.nan
+    batch.insert(3, NewEvent("Step", {"n": bad}))
     with pytest.raises(ValidationError) as info:
         writer.append(stream, batch, idempotency_key=key)
     assert info.value.field == "events[3].data.n"
